@@ -1,0 +1,79 @@
+"""Meta values and messages: encoded with dill by the writer, decoded by the reader.
+
+The supervisor only ever sees the blobs. dill is imported on first use, so that
+``import bgtask`` stays cheap for code that never touches meta or messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_dill: Any = None
+
+
+def _get_dill() -> Any:
+    global _dill
+    if _dill is None:
+        import dill
+
+        _dill = dill
+    return _dill
+
+
+class UndecodableValue:
+    """Stands for a meta value or message that cannot be decoded in this process
+    (typically: its class is not importable here). ``blob`` holds the raw dill bytes,
+    ``error`` says why decoding failed.
+    """
+
+    __slots__ = ("blob", "error")
+
+    def __init__(self, blob: bytes, error: str) -> None:
+        self.blob = blob
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<bgtask.UndecodableValue {len(self.blob)} bytes: {self.error}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UndecodableValue) and other.blob == self.blob
+
+    def __hash__(self) -> int:
+        return hash(self.blob)
+
+
+def encode(obj: Any, what: str = "value") -> bytes:
+    """:raises TypeError: *obj* cannot be serialized by dill (nothing has been sent)."""
+    dill = _get_dill()
+    try:
+        return bytes(dill.dumps(obj))
+    except Exception as exc:
+        raise TypeError(f"{what} of type {type(obj).__name__} cannot be serialized by dill: {exc}") from exc
+
+
+def decode(blob: bytes) -> Any:
+    """Decode *blob*; a failure gives an :class:`UndecodableValue`, never an error."""
+    dill = _get_dill()
+    try:
+        return dill.loads(blob)
+    except Exception as exc:
+        return UndecodableValue(blob, f"{type(exc).__name__}: {exc}")
+
+
+def encode_meta(meta: Any) -> dict[str, bytes]:
+    """Validate and encode a meta mapping before anything is sent."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, not {type(meta).__name__}")
+    out = {}
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise TypeError(f"meta keys must be str, not {type(key).__name__} ({key!r})")
+        out[key] = encode(value, f"meta value {key!r}")
+    return out
+
+
+def decode_meta(blobs: dict[str, bytes]) -> dict[str, Any]:
+    return {key: decode(blob) for key, blob in blobs.items()}
+
+
+__all__ = ["UndecodableValue", "decode", "decode_meta", "encode", "encode_meta"]

@@ -1,0 +1,251 @@
+"""The supervisor's ``BaseManager`` server: who may call what, and nothing more.
+
+:class:`TaskManager` registers one typeid, ``TaskState``, whose only instance is the
+supervisor's :class:`~bgtask._state.TaskState`, under the fixed ident
+``_protocol.STATE_IDENT``. A stock ``TaskManager(address, authkey).connect()`` client and
+its proxies work; bgtask's own client (``_protocol``) speaks the same wire with one
+connection. :class:`TaskServer` is ``multiprocessing.managers.Server`` with the parts
+that would let a client stop or confuse the supervisor removed:
+
+* server commands are limited to ``accept_connection``, ``create``, ``incref``,
+  ``decref``, ``dummy`` and ``get_methods`` (no ``shutdown``, no ``debug_info``), and
+  ``decref`` can never drop the one shared object;
+* only the names in ``_protocol.EXPOSED`` are dispatched -- no ``#GETVALUE`` fallback;
+* authentication runs in the connection's own thread with a deadline, before anything
+  is unpickled: a client with a wrong authkey, or one that never answers, only loses its
+  own connection;
+* expected errors travel back as exceptions (``#ERROR``); anything else as text
+  (``#TRACEBACK``), which clients raise as ``RemoteError``;
+* a consuming read whose reply cannot be delivered (the client died) is undone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing import connection, managers
+from multiprocessing import process as _mp_process
+from typing import Any
+
+from bgtask._errors import BgTaskError
+from bgtask._protocol import EXPOSED, STATE_IDENT, _set_timeouts
+from bgtask._state import TaskState
+from bgtask._supervisor import Startup
+
+HANDSHAKE_TIMEOUT = 10.0
+_PASSED_ERRORS = (BgTaskError, ValueError, TypeError, TimeoutError, LookupError, AttributeError)
+
+
+def _format_exc() -> str:
+    import traceback
+
+    return traceback.format_exc()
+
+
+class TaskManager(managers.BaseManager):
+    """The manager class of a supervisor (see the module docstring)."""
+
+
+TaskManager.register("TaskState", exposed=EXPOSED)
+
+
+class _Listener:
+    """A ``multiprocessing.connection.Listener`` stand-in over the pre-bound socket."""
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self._sock = sock
+        self.address = address
+
+    def accept(self) -> connection.Connection:
+        s, _ = self._sock.accept()
+        s.setblocking(True)
+        return connection.Connection(s.detach())
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class TaskServer(managers.Server):
+    public = ["accept_connection", "create", "decref", "dummy", "get_methods", "incref"]
+
+    def __init__(self, state: TaskState, sock: socket.socket, address: str, authkey: bytes) -> None:
+        # Not calling Server.__init__: it would bind a new socket; ours is bound already.
+        self.registry = TaskManager._registry  # type: ignore[attr-defined]
+        self.authkey = _mp_process.AuthenticationString(authkey)
+        self.listener = _Listener(sock, address)
+        self.address = address
+        self.state = state
+        self.exposed = frozenset(EXPOSED)
+        self.id_to_obj = {"0": (None, ()), STATE_IDENT: (state, self.exposed, None)}
+        self.id_to_refcount = {STATE_IDENT: 1}
+        self.id_to_local_proxy_obj: dict[str, Any] = {}
+        self.mutex = threading.Lock()
+        self.stop_event = threading.Event()
+
+    # -- accepting -------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        _mp_process.current_process()._manager_server = self  # type: ignore[attr-defined]
+        t = threading.Thread(target=self.accepter, name="accepter", daemon=True)
+        t.start()
+        while not self.stop_event.is_set():
+            self.stop_event.wait(3600)
+
+    def accepter(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                c = self.listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.05)  # out of fds: let connections finish, do not spin
+                elif exc.errno in (errno.EBADF, errno.EINVAL):
+                    return  # the listener was closed: we are going away
+                continue
+            t = threading.Thread(target=self.handle_request, args=(c,), daemon=True)
+            try:
+                t.start()
+            except RuntimeError:
+                c.close()  # cannot start a thread: refuse this one connection
+
+    def handle_request(self, conn: Any) -> None:
+        try:
+            self._handle(conn)
+        except Exception:
+            pass
+        finally:
+            conn.close()
+
+    def _handle(self, conn: Any) -> None:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            _set_timeouts(sock, HANDSHAKE_TIMEOUT)
+            try:
+                # Authentication first: nothing is unpickled before it succeeds.
+                connection.deliver_challenge(conn, self.authkey)
+                connection.answer_challenge(conn, self.authkey)
+                request = conn.recv()
+            except Exception:
+                return
+            _set_timeouts(sock, 0)
+        finally:
+            sock.close()
+        try:
+            _ignore, funcname, args, kwds = request
+            if funcname not in self.public:
+                raise AttributeError(f"{funcname!r} is not a server command of a bgtask supervisor")
+            func = getattr(self, funcname)
+        except Exception:
+            conn.send(("#TRACEBACK", _format_exc()))
+            return
+        if funcname == "accept_connection":
+            conn.send(("#RETURN", None))
+            self.serve_client(conn)
+            return
+        try:
+            msg: tuple[str, Any] = ("#RETURN", func(conn, *args, **kwds))
+        except Exception:
+            msg = ("#TRACEBACK", _format_exc())
+        conn.send(msg)
+
+    # -- server commands (stock clients) ------------------------------------------------
+
+    def create(self, c: Any, typeid: str, /, *args: Any, **kwds: Any) -> tuple[str, tuple[str, ...]]:
+        if typeid != "TaskState" or args or kwds:
+            raise ValueError(f"a bgtask supervisor serves only TaskState(), not {typeid!r}")
+        self.incref(c, STATE_IDENT)
+        return STATE_IDENT, tuple(EXPOSED)
+
+    def decref(self, c: Any, ident: str) -> None:
+        if ident == STATE_IDENT:
+            with self.mutex:
+                self.id_to_refcount[ident] = max(1, self.id_to_refcount[ident] - 1)
+            return
+        super().decref(c, ident)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def serve_client(self, conn: Any) -> None:
+        state = self.state
+        exposed = self.exposed
+        recv, send = conn.recv, conn.send
+        while True:
+            try:
+                request = recv()
+            except (EOFError, OSError):
+                return
+            except Exception:
+                msg: tuple[str, Any] = ("#TRACEBACK", _format_exc())  # an unpicklable request
+            else:
+                try:
+                    ident, methodname, args, kwds = request
+                    if methodname not in exposed:
+                        raise AttributeError(f"{methodname!r} is not a method of a bgtask task")
+                    if ident != STATE_IDENT:
+                        raise LookupError(f"no object {ident!r} in this supervisor")
+                    msg = ("#RETURN", getattr(state, methodname)(*args, **kwds))
+                except _PASSED_ERRORS as exc:
+                    msg = ("#ERROR", exc)
+                except Exception:
+                    msg = ("#TRACEBACK", _format_exc())
+            rollback = state.take_rollback()
+            try:
+                try:
+                    send(msg)
+                except (OSError, EOFError):
+                    raise
+                except Exception:
+                    send(("#UNSERIALIZABLE", _format_exc()))
+            except (OSError, EOFError):
+                if rollback is not None:
+                    state.rollback(rollback)  # the client is gone: its read never happened
+                if state.exit_requested:
+                    self.finish()
+                return
+            if state.exit_requested:
+                self.finish()
+
+    def finish(self) -> None:
+        """End the supervisor (after ``delete``): files are gone, the job is reaped."""
+        os._exit(0)
+
+
+def _on_term(state: TaskState, server: TaskServer) -> None:
+    try:
+        state.delete(5.0)
+    finally:
+        server.finish()
+
+
+def serve(startup: Startup) -> None:
+    """Serve the task until it is deleted (or the supervisor gets SIGTERM/SIGINT)."""
+    from bgtask import _errors, _paths
+
+    # Exceptions pickled here must name the package the clients import them from.
+    pkg = sys.modules["bgtask"]
+    for name in _errors.__all__:
+        if not hasattr(pkg, name):
+            setattr(pkg, name, getattr(_errors, name))
+    try:
+        state = TaskState(startup)
+        sock = socket.socket(fileno=startup.sock.detach())
+        startup.sock = sock
+        server = TaskServer(state, sock, _paths.sock_path(startup.pool, startup.pid),
+                            _paths.authkey_from_token(startup.token))
+    except BaseException:
+        startup.remove_files()
+        raise
+
+    def on_signal(signum: int, frame: Any) -> None:
+        threading.Thread(target=_on_term, args=(state, server), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever()
+
+
+__all__ = ["TaskManager", "TaskServer", "serve"]

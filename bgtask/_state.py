@@ -1,0 +1,576 @@
+"""The supervisor's state of one task: the job's life and its five streams.
+
+:class:`TaskState` is the object the supervisor's manager serves; its methods named in
+``_protocol.EXPOSED`` are the only ones a client can call. One lock guards everything;
+one condition (``changed``) is notified on every change, and every blocking call waits
+on it with a deadline.
+
+The job's life is one explicit state machine (:data:`TRANSITIONS`)::
+
+    running <-> paused
+    running/paused -> exited -> running (restart)
+
+Threads, per run of the job: a *reaper* (``waitid``: stops, continues, exit), one *pump*
+per output pipe (pipe -> :class:`~bgtask._buffer.ByteBuffer`) and a *feeder* for stdin.
+A run's threads only touch their own run's fds, so a restart never mixes them up.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from bgtask import _paths
+from bgtask._buffer import ByteBuffer, MessageBuffer
+from bgtask._errors import OutputGoneError, SpawnError, StreamClosedError, TaskLockedError
+from bgtask._supervisor import StartError, Startup, launch, take_lock
+
+TRANSITIONS = {
+    "running": {"paused", "exited"},
+    "paused": {"running", "exited"},
+    "exited": {"running"},
+}
+BYTE_STREAMS = ("stdout", "stderr")
+MESSAGE_STREAMS = ("data", "control")
+STREAMS = ("stdin", "stdout", "stderr", "data", "control")
+#: most bytes (or bytes of messages) one reply carries; clients loop for more.
+MAX_REPLY = 32 << 20
+#: bytes of stdin accepted but not yet delivered to the job, at most.
+STDIN_BUFFER = 1 << 20
+_PIPE_BIG = 1 << 20
+#: after the job exits, how long wait() waits for descendants holding the pipes.
+COLLECT_GRACE = 1.0
+
+
+def start_error_to_exception(args: tuple[Any, ...]) -> SpawnError:
+    """Turn a :class:`StartError` report into the exception ``spawn`` raises."""
+    kind, err, text, filename = (tuple(args) + (None, None, None, None))[:4]
+    if kind == "locked":
+        return TaskLockedError(f"cannot start the job: lock {filename!r} is held by another task",
+                               lock=filename)
+    if kind == "cwd":
+        msg = f"cannot start the job: bad working directory {filename!r}: {text}"
+    elif kind == "exec":
+        msg = f"cannot start the job: cannot execute {filename!r}: {text}"
+    elif kind == "lockfile":
+        msg = f"cannot start the job: cannot use lock file {filename!r}: {text}"
+    elif kind == "collision":
+        msg = f"cannot start the job: the task's file names are taken ({text})"
+    else:
+        msg = f"cannot start the job: the supervisor failed: {text}"
+    return SpawnError(msg, errno=err or None, filename=filename)
+
+
+class _Run:
+    """One execution of the job: its pid and fds, owned by this run's threads."""
+
+    def __init__(self, pid: int, stdin_w: int, stdout_r: int, stderr_r: int) -> None:
+        self.pid = pid
+        self.pgid = pid
+        self.stdin_w = stdin_w
+        self.out_fds = {"stdout": stdout_r, "stderr": stderr_r}
+        self.reaped = False
+
+
+class _Stdin:
+    """The stdin stream: bytes accepted from clients, fed to the job's pipe in order."""
+
+    def __init__(self) -> None:
+        self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self.accepted = 0   # limit
+        self.delivered = 0
+        self.discarded = 0
+        self.closing = False  # close() asked: deliver what is pending, then close
+        self.closed = True    # the pipe is closed (no job yet, closed, or job ended)
+
+    @property
+    def start(self) -> int:
+        return self.delivered + self.discarded
+
+    def info(self) -> dict[str, Any]:
+        return {"start": self.start, "limit": self.accepted, "cursor": self.start,
+                "unread": self.pending_bytes, "delivered": self.delivered,
+                "discarded": self.discarded, "eof": self.closed or self.closing}
+
+
+class TaskState:
+    """Everything the supervisor knows about its task, served to clients."""
+
+    def __init__(self, startup: Startup) -> None:
+        cfg = startup.config
+        self.startup = startup
+        self.pid = startup.pid
+        self.pool = startup.pool
+        self.argv: list[str] = list(cfg["argv"])
+        self.env: dict[str, str] = cfg["env"]
+        self.cwd: str = cfg["cwd"]
+        self.lock_name: str | None = cfg["lock"]
+        self.shell: bool = cfg.get("shell", False)
+        self.command: str | None = cfg.get("command")
+        self.meta: dict[str, bytes] = dict(cfg["meta"])
+        self.owner = os.geteuid()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.out = {name: ByteBuffer(cfg["retain"], cfg["max_buffer"], cfg["drop"])
+                    for name in BYTE_STREAMS}
+        self.open_pipes = {name: 0 for name in BYTE_STREAMS}
+        self.msgs = {name: MessageBuffer() for name in MESSAGE_STREAMS}
+        self.stdin = _Stdin()
+        self.state = "exited"
+        self.run: _Run | None = None
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.ended_mono: float | None = None
+        self.restarts = 0
+        self.created_at = time.time()
+        self.deleting = False
+        self.exit_requested = False
+        self._tls = threading.local()
+        assert startup.job is not None
+        with self.lock:
+            self._begin_run(*startup.job)
+
+    # -- the state machine ---------------------------------------------------------------
+
+    def _transition(self, new: str) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise AssertionError(f"bad job transition {self.state} -> {new}")
+        self.state = new
+        self.changed.notify_all()
+
+    def _begin_run(self, pid: int, stdin_w: int, stdout_r: int, stderr_r: int) -> None:
+        """Record a freshly started job and start its threads (lock held)."""
+        run = _Run(pid, stdin_w, stdout_r, stderr_r)
+        self.run = run
+        self.exit_code = self.signal = None
+        self.started_at = time.time()
+        self.ended_at = self.ended_mono = None
+        self.stdin.closed = self.stdin.closing = False
+        self._transition("running")
+        for name in BYTE_STREAMS:
+            self.open_pipes[name] += 1
+            _thread(self._pump, f"pump-{name}", run, name)
+        _thread(self._feed, "feed-stdin", run)
+        _thread(self._reap, "reaper", run)
+
+    def _end_run(self, run: _Run, status: Any) -> None:
+        """The job exited (lock held, not yet reaped, so its pgid is still ours)."""
+        if status.si_code == os.CLD_EXITED:
+            self.exit_code, self.signal = status.si_status, None
+        else:
+            self.exit_code, self.signal = None, status.si_status
+        self.ended_at = time.time()
+        self.ended_mono = time.monotonic()
+        self._transition("exited")
+        self.run = None
+        if self.deleting:
+            # The supervisor is going away: take the job's stragglers along while the
+            # zombie leader still pins the process group id.
+            _killpg(run.pgid, signal.SIGKILL)
+        # stdin ends with the job: pending bytes can no longer be delivered.
+        st = self.stdin
+        st.discarded += st.pending_bytes
+        st.pending.clear()
+        st.pending_bytes = 0
+        st.closed = True
+        _paths.write_job_record(self.startup.token_fd, None, None)
+        if self.startup.lock_fd >= 0:
+            os.close(self.startup.lock_fd)  # releases the spawn(lock=...) lock
+            self.startup.lock_fd = -1
+
+    # -- threads -------------------------------------------------------------------------
+
+    def _reap(self, run: _Run) -> None:
+        flags = os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOWAIT
+        while True:
+            try:
+                status = os.waitid(os.P_PID, run.pid, flags)
+            except ChildProcessError:
+                return
+            if status is None:
+                continue
+            with self.lock:
+                if status.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED, os.CLD_CONTINUED):
+                    # consume this notification so the next waitid sees the next one
+                    os.waitid(os.P_PID, run.pid, os.WSTOPPED | os.WCONTINUED | os.WNOHANG)
+                    if status.si_code == os.CLD_CONTINUED and self.state == "paused":
+                        self._transition("running")
+                    elif status.si_code != os.CLD_CONTINUED and self.state == "running":
+                        self._transition("paused")
+                    continue
+                self._end_run(run, status)
+                os.waitpid(run.pid, 0)  # reap under the lock: kill() never sees a freed pid
+                run.reaped = True
+                self.changed.notify_all()
+                return
+
+    def _pump(self, run: _Run, name: str) -> None:
+        buf = self.out[name]
+        fd = run.out_fds[name]
+        size = 64 * 1024
+        grown = False
+        try:
+            while True:
+                with self.lock:
+                    while not buf.drop and buf.room() <= 0:
+                        self.changed.wait()
+                    n = size if buf.drop else min(size, buf.room())
+                try:
+                    data = os.read(fd, n)
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+                if not grown and len(data) == size:
+                    # The pipe was full: this job writes a lot. A bigger pipe buffer
+                    # halves the context switches (idle jobs keep the default, so that a
+                    # user with many tasks does not exhaust the per-user pipe budget).
+                    grown = True
+                    try:
+                        size = fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BIG)
+                    except OSError:
+                        pass
+                with self.lock:
+                    buf.append(data)
+                    self.changed.notify_all()
+        finally:
+            os.close(fd)
+            with self.lock:
+                self.open_pipes[name] -= 1
+                self.changed.notify_all()
+
+    def _feed(self, run: _Run) -> None:
+        st = self.stdin
+        fd = run.stdin_w
+        try:
+            while True:
+                with self.lock:
+                    while self.run is run and not st.pending and not st.closing:
+                        self.changed.wait()
+                    if self.run is not run or (st.closing and not st.pending):
+                        if self.run is run:
+                            st.closed = True
+                            self.changed.notify_all()
+                        return
+                    data = st.pending[0]
+                try:
+                    n = os.write(fd, data)
+                except OSError:
+                    with self.lock:
+                        if self.run is run:  # the job closed its stdin: nothing more goes in
+                            st.discarded += st.pending_bytes
+                            st.pending.clear()
+                            st.pending_bytes = 0
+                            st.closed = True
+                            self.changed.notify_all()
+                    return
+                with self.lock:
+                    if self.run is run and st.pending and st.pending[0] is data:
+                        st.delivered += n
+                        st.pending_bytes -= n
+                        if n == len(data):
+                            st.pending.popleft()
+                        else:
+                            st.pending[0] = data[n:]
+                        self.changed.notify_all()
+        finally:
+            os.close(fd)
+
+    # -- exposed: information ------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        with self.lock:
+            run = self.run
+            rc = self.exit_code if self.signal is None else -self.signal
+            streams: dict[str, Any] = {"stdin": self.stdin.info()}
+            for name in BYTE_STREAMS:
+                d = self.out[name].info()
+                d["eof"] = self.open_pipes[name] == 0
+                streams[name] = d
+            ended = self.state == "exited"
+            for name in MESSAGE_STREAMS:
+                d = self.msgs[name].info()
+                d["eof"] = ended
+                streams[name] = d
+            return {
+                "pid": self.pid,
+                "child_pid": run.pid if run is not None else None,
+                "argv": list(self.argv),
+                "command": self.command,
+                "shell": self.shell,
+                "cwd": self.cwd,
+                "meta": dict(self.meta),
+                "owner": self.owner,
+                "lock": self.lock_name,
+                "created_at": self.created_at,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+                "restarts": self.restarts,
+                "state": self.state,
+                "status": {
+                    "running": self.state != "exited",
+                    "paused": self.state == "paused",
+                    "exit_code": self.exit_code,
+                    "signal": self.signal,
+                    "returncode": None if self.state != "exited" else rc,
+                },
+                "streams": streams,
+            }
+
+    def apply_meta(self, blobs: dict[str, bytes]) -> dict[str, bytes]:
+        if not isinstance(blobs, dict):
+            raise TypeError("apply_meta takes a dict of str -> dill blob")
+        for key, value in blobs.items():
+            if not isinstance(key, str) or not isinstance(value, bytes):
+                raise TypeError("apply_meta takes a dict of str -> dill blob")
+        with self.lock:
+            self.meta.update(blobs)
+            self.changed.notify_all()
+            return dict(self.meta)
+
+    def stream_info(self, name: str) -> dict[str, Any]:
+        _check_stream(name)
+        return self.info()["streams"][name]
+
+    # -- exposed: reading ------------------------------------------------------------------
+
+    def stream_read(self, name: str, start: int | None, end: int | None, consume: bool,
+                    timeout: float | None, max_bytes: int = MAX_REPLY) -> tuple[int, int, Any, int, bool]:
+        """Read ``[start, end)`` (``start=None``: from the read cursor).
+
+        Waits up to *timeout* seconds (``None``: without limit) for at least one item
+        after *start*, or the end of the stream.
+
+        :returns: ``(start, next, data, limit, eof)``; *eof* means nothing more will
+            arrive after *next* (until a restart).
+        :raises OutputGoneError: *start* is before the first held offset.
+        """
+        _check_stream(name)
+        if name == "stdin":
+            raise ValueError("stdin cannot be read: it is written by clients and read by the job")
+        if start is not None and (not isinstance(start, int) or start < 0):
+            raise ValueError(f"start must be a non-negative int, not {start!r}")
+        if end is not None and (not isinstance(end, int) or end < 0):
+            raise ValueError(f"end must be a non-negative int, not {end!r}")
+        if timeout is not None and timeout < 0:
+            raise ValueError("timeout must not be negative")
+        if not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError("max_bytes must be a positive int")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        is_msg = name in MESSAGE_STREAMS
+        buf: Any = self.msgs[name] if is_msg else self.out[name]
+        with self.lock:
+            while True:
+                pos = buf.cursor if start is None else start
+                if pos < buf.start:
+                    if start is None:
+                        pos = buf.start
+                    else:
+                        raise OutputGoneError(
+                            f"{name} offsets before {buf.start} are no longer held "
+                            f"(asked for {pos})", start=buf.start)
+                stop = buf.limit if end is None else min(end, buf.limit)
+                ended = self._stream_ended(name)
+                if pos < stop or ended or (end is not None and pos >= end):
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self.changed.wait(remaining)
+            if is_msg:
+                data = buf.get(pos, stop, max_bytes) if pos < stop else []
+                nxt = pos + len(data)
+            else:
+                stop = min(stop, pos + max_bytes) if pos < stop else pos
+                data = buf.get(pos, stop) if pos < stop else b""
+                nxt = stop
+            if consume and nxt > buf.cursor:
+                self._tls.rollback = (name, buf.cursor, data if is_msg else None, nxt)
+                buf.consume(nxt)
+                self.changed.notify_all()  # a blocked pump may go on
+            eof = ended and nxt >= buf.limit
+            return pos, nxt, data, buf.limit, eof
+
+    def _stream_ended(self, name: str) -> bool:
+        if name in MESSAGE_STREAMS:
+            return self.state == "exited"
+        return self.open_pipes[name] == 0
+
+    def take_rollback(self) -> Any:
+        """The last consuming read of this thread, for :meth:`rollback` (server use)."""
+        rb = getattr(self._tls, "rollback", None)
+        self._tls.rollback = None
+        return rb
+
+    def rollback(self, rb: Any) -> None:
+        """Undo a consuming read whose reply never reached the client."""
+        name, old_cursor, blobs, nxt = rb
+        with self.lock:
+            if name in MESSAGE_STREAMS:
+                self.msgs[name].unconsume(blobs, nxt)
+            elif self.out[name].cursor == nxt:
+                self.out[name].unconsume(old_cursor)
+
+    # -- exposed: writing ------------------------------------------------------------------
+
+    def stream_write(self, name: str, data: bytes, timeout: float | None = None) -> int:
+        """Append *data*; returns the stream's new limit.
+
+        stdin: blocks while the stdin buffer is full (``TimeoutError`` after *timeout*).
+        data/control: one message blob.
+        """
+        _check_stream(name)
+        if name in BYTE_STREAMS:
+            raise ValueError(f"{name} cannot be written: it is the job's output")
+        if not isinstance(data, bytes):
+            raise TypeError(f"stream_write takes bytes, not {type(data).__name__}")
+        with self.lock:
+            if name in MESSAGE_STREAMS:
+                self.msgs[name].append(data)
+                self.changed.notify_all()
+                return self.msgs[name].limit
+            st = self.stdin
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                if st.closing or st.closed:
+                    why = "stdin was closed" if st.closing or self.state != "exited" else "the job has ended"
+                    raise StreamClosedError(f"cannot write to stdin of task {self.pid}: {why}")
+                if not st.pending_bytes or st.pending_bytes + len(data) <= STDIN_BUFFER:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"stdin of task {self.pid} is full (the job is not reading); "
+                        f"{st.accepted} bytes accepted so far")
+                self.changed.wait(remaining)
+            if data:
+                st.pending.append(data)
+                st.pending_bytes += len(data)
+                st.accepted += len(data)
+                self.changed.notify_all()
+            return st.accepted
+
+    def stream_close(self, name: str) -> None:
+        _check_stream(name)
+        if name != "stdin":
+            raise ValueError(f"only stdin can be closed, not {name}")
+        with self.lock:
+            self.stdin.closing = True
+            self.changed.notify_all()
+
+    # -- exposed: control ------------------------------------------------------------------
+
+    def kill(self, sig: int) -> bool:
+        if not isinstance(sig, int) or isinstance(sig, bool):
+            raise TypeError("kill takes a signal number")
+        with self.lock:
+            run = self.run
+            if run is None or self.state == "exited":
+                return False
+            _killpg(run.pgid, sig)  # raises ValueError for a bad number (EINVAL)
+            if sig == signal.SIGSTOP and self.state == "running":
+                self._transition("paused")
+            elif sig == signal.SIGCONT and self.state == "paused":
+                self._transition("running")
+            return True
+
+    def restart(self) -> bool:
+        with self.lock:
+            if self.state != "exited" or self.deleting:
+                return False
+            startup = self.startup
+            if self.lock_name:
+                try:
+                    startup.lock_fd = take_lock(self.pool, self.lock_name)
+                except StartError as exc:
+                    raise start_error_to_exception(exc.args) from None
+            try:
+                job = launch(self.argv, self.env, self.cwd)
+            except StartError as exc:
+                if startup.lock_fd >= 0:
+                    os.close(startup.lock_fd)
+                    startup.lock_fd = -1
+                raise start_error_to_exception(exc.args) from None
+            self.restarts += 1
+            _paths.write_job_record(startup.token_fd, job[0], _paths.proc_start_time(job[0]))
+            self._begin_run(*job)
+            return True
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            while self.state != "exited":
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self.changed.wait(remaining)
+            # Collect the output: wait (at most COLLECT_GRACE after the exit) for the
+            # pipes to reach end of file; a descendant may still hold them open.
+            while any(self.open_pipes.values()) and not self._blocked_pumps():
+                assert self.ended_mono is not None
+                remaining = self.ended_mono + COLLECT_GRACE - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.changed.wait(remaining)
+            return self.exit_code if self.signal is None else -self.signal
+
+    def _blocked_pumps(self) -> bool:
+        return all(self.out[n].room() <= 0 for n in BYTE_STREAMS if self.open_pipes[n])
+
+    def delete(self, timeout: float = 5.0) -> None:
+        """Terminate the job (TERM+CONT, KILL after *timeout*), then end the supervisor.
+
+        The files are removed before the reply; the process exits right after it.
+        """
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError("timeout must be a non-negative number")
+        with self.lock:
+            self.deleting = True
+            if self.run is not None and self.state != "exited":
+                _killpg(self.run.pgid, signal.SIGTERM)
+                _killpg(self.run.pgid, signal.SIGCONT)
+                deadline = time.monotonic() + timeout
+                while self.state != "exited" and time.monotonic() < deadline:
+                    self.changed.wait(deadline - time.monotonic())
+                if self.run is not None and self.state != "exited":
+                    _killpg(self.run.pgid, signal.SIGKILL)
+                    deadline = time.monotonic() + 10
+                    while self.state != "exited" and time.monotonic() < deadline:
+                        self.changed.wait(deadline - time.monotonic())
+            self.exit_requested = True
+            self.startup.remove_files()
+            self.changed.notify_all()
+
+
+def _check_stream(name: object) -> None:
+    if name not in STREAMS:
+        raise ValueError(f"unknown stream {name!r}: expected one of {', '.join(STREAMS)}")
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise ValueError(f"invalid signal number {sig}") from None
+        raise
+
+
+def _thread(target: Any, name: str, *args: Any) -> threading.Thread:
+    t = threading.Thread(target=target, name=name, args=args, daemon=True)
+    t.start()
+    return t
+
+
+__all__ = ["STREAMS", "TaskState", "start_error_to_exception"]

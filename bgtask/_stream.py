@@ -1,0 +1,224 @@
+"""A task's streams as seen by a client: ``task.stream(which)``.
+
+Byte streams (stdin, stdout, stderr) count bytes; message streams (data, control) count
+messages, each a Python object encoded with dill by the writer and decoded by the
+reader. Offsets are absolute and keep growing across restarts. See ``_buffer`` for the
+offset rules (``start <= cursor <= limit``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from bgtask import _codec
+
+if TYPE_CHECKING:
+    from bgtask._task import Task
+
+_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
+STREAM_NAMES = ("stdin", "stdout", "stderr", "data", "control")
+MESSAGE_STREAMS = ("data", "control")
+#: how long one follow() call waits on the supervisor before asking again.
+FOLLOW_SLICE = 10.0
+#: largest piece of stdin sent in one call (the supervisor buffers 1 MiB).
+STDIN_CHUNK = 1 << 20
+
+
+def stream_name(which: object) -> str:
+    """0/1/2 or a name -> the stream's name. :raises ValueError: unknown stream."""
+    if isinstance(which, bool):
+        raise TypeError("a stream is 0, 1, 2 or a name, not a bool")
+    if isinstance(which, int):
+        if which in _NAMES:
+            return _NAMES[which]
+        raise ValueError(f"unknown stream {which}: use 0, 1, 2 or one of {', '.join(STREAM_NAMES)}")
+    if isinstance(which, str) and which in STREAM_NAMES:
+        return which
+    if isinstance(which, str):
+        raise ValueError(f"unknown stream {which!r}: one of {', '.join(STREAM_NAMES)} (or 0, 1, 2)")
+    raise TypeError(f"a stream is 0, 1, 2 or a name, not {type(which).__name__}")
+
+
+def _check_offset(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int offset, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError("timeout must not be negative")
+
+
+class Stream:
+    """One stream of a task. ``start``/``limit``/``eof`` ask the supervisor on each access."""
+
+    def __init__(self, task: Task, name: str) -> None:
+        self._task = task
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def task(self) -> Task:
+        return self._task
+
+    @property
+    def is_messages(self) -> bool:
+        return self._name in MESSAGE_STREAMS
+
+    def info(self) -> dict[str, Any]:
+        """The stream's part of the info dict (start, limit, cursor, unread, eof, ...)."""
+        return dict(self._task._call("stream_info", self._name))
+
+    @property
+    def start(self) -> int:
+        """The first offset still held."""
+        return int(self.info()["start"])
+
+    @property
+    def limit(self) -> int:
+        """The end offset (one past the last byte or message)."""
+        return int(self.info()["limit"])
+
+    @property
+    def eof(self) -> bool:
+        """Nothing more will arrive until a restart (unread items may remain)."""
+        return bool(self.info()["eof"])
+
+    def __repr__(self) -> str:
+        try:
+            i = self.info()
+        except Exception as exc:
+            return f"<bgtask.Stream {self._task.pid}/{self._name} ({type(exc).__name__})>"
+        unit = "messages" if self.is_messages else "bytes"
+        extra = " eof" if i.get("eof") else ""
+        if i.get("dropped"):
+            extra += f" dropped={i['dropped']}"
+        return (f"<bgtask.Stream {self._task.pid}/{self._name} start={i['start']} "
+                f"limit={i['limit']} unread={i['unread']} {unit}{extra}>")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read(self, start: int | None = None, end: int | None = None, *,
+             timeout: float | None = 0.0) -> Any:
+        """Read output (bytes) or messages (a list of decoded objects).
+
+        ``read()`` returns everything unread and consumes it; ``read(start, end)`` returns
+        ``[start, end)`` without consuming (``end`` past the limit is cut at the limit).
+        With *timeout*, wait up to that long (``None``: without limit) for at least one
+        new item, or the end of the stream.
+
+        :raises OutputGoneError: *start* is before :attr:`start`.
+        :raises ValueError: reading stdin, or ``end < start``.
+        """
+        if self._name == "stdin":
+            raise ValueError("stdin cannot be read: it is written by clients and read by the job")
+        _check_offset("start", start)
+        _check_offset("end", end)
+        _check_timeout(timeout)
+        if start is None and end is not None:
+            raise ValueError("read(end=...) needs a start: read(start, end)")
+        if start is not None and end is not None and end < start:
+            raise ValueError(f"end ({end}) is before start ({start})")
+        consume = start is None
+        _pos, nxt, data, limit, _eof = self._read_once(start, end, consume, timeout)
+        if not data:
+            return [] if self.is_messages else b""
+        parts = [data]
+        goal = limit if end is None else min(end, limit)
+        while nxt < goal:  # the supervisor caps one reply: fetch the rest of the range
+            _pos, nxt, more, _limit, _eof = self._read_once(None if consume else nxt, end, consume, 0.0)
+            if not more:
+                break
+            parts.append(more)
+        if self.is_messages:
+            return [_codec.decode(blob) for part in parts for blob in part]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_once(self, start: int | None, end: int | None, consume: bool,
+                   timeout: float | None) -> tuple[int, int, Any, int, bool]:
+        return self._task._call("stream_read", self._name, start, end, consume, timeout,
+                                blocks_for=timeout)
+
+    def follow(self, start: int | None = None) -> Iterator[Any]:
+        """Yield output until the end of the stream: bytes chunks, or single messages.
+
+        ``follow()`` consumes like ``read()``; ``follow(start)`` reads from *start*
+        without consuming.
+        """
+        if self._name == "stdin":
+            raise ValueError("stdin cannot be followed: it is written by clients")
+        _check_offset("start", start)
+        pos = start
+        while True:
+            _p, nxt, data, _limit, eof = self._read_once(pos, None, pos is None, FOLLOW_SLICE)
+            if pos is not None:
+                pos = nxt
+            if data:
+                if self.is_messages:
+                    for blob in data:
+                        yield _codec.decode(blob)
+                else:
+                    yield data
+            elif eof:
+                return
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.follow()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, data: Any, timeout: float | None = None) -> int:
+        """Write to stdin (bytes or str, UTF-8) or send one message (data/control).
+
+        stdin blocks while the job's pipe and the supervisor's buffer are full.
+
+        :returns: the stream's limit after the write.
+        :raises TimeoutError: stdin stayed full for *timeout* seconds (the bytes sent
+            before stay sent: see the stream's ``limit``).
+        :raises StreamClosedError: stdin was closed, or the job has ended.
+        :raises TypeError: the data has the wrong type, or a message cannot be
+            serialized by dill (nothing is sent then).
+        :raises ValueError: writing stdout/stderr.
+        """
+        _check_timeout(timeout)
+        if self._name in ("stdout", "stderr"):
+            raise ValueError(f"{self._name} cannot be written: it is the job's output")
+        if self.is_messages:
+            blob = _codec.encode(data, "message")
+            return int(self._task._call("stream_write", self._name, blob, None))
+        if isinstance(data, str):
+            payload = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            payload = bytes(data)
+        else:
+            raise TypeError(f"stdin takes bytes or str, not {type(data).__name__}")
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = 0
+        for i in range(0, max(len(payload), 1), STDIN_CHUNK):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            limit = int(self._task._call("stream_write", "stdin", payload[i:i + STDIN_CHUNK], remaining,
+                                         blocks_for=remaining))
+        return limit
+
+    def close(self) -> None:
+        """stdin: the job sees end of file once everything written is delivered."""
+        if self._name != "stdin":
+            raise ValueError(f"only stdin can be closed, not {self._name}")
+        self._task._call("stream_close", "stdin")
+
+
+__all__ = ["Stream", "stream_name"]

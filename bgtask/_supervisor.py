@@ -1,0 +1,271 @@
+"""The supervisor's start: from ``exec`` to "the job is running" as fast as possible.
+
+``spawn`` runs ``python -I -S -c <BOOT> <package dir> <pool>`` in a new session (see
+``_pool.py``). The boot line registers an empty ``bgtask`` package object, so that this
+module and the few light modules it needs are imported *without* ``bgtask/__init__``
+(which would pull in dill and filelock: the supervisor never needs them; meta values and
+messages are opaque blobs to it). Then :func:`main`:
+
+1. reads the spawn configuration (a ``marshal`` blob) from stdin;
+2. forks once more and lets the intermediate exit, so that the supervisor is not a child
+   of the caller (no zombie in the caller; it survives the caller's exit);
+3. creates ``<pid>.token`` (0600) and binds ``<pid>.sock`` (0600), takes the lock of
+   ``spawn(lock=...)``, and starts the job with ``posix_spawn`` (own process group, pipes
+   on 0/1/2, nothing else inherited);
+4. reports ``("ok", pid, job_pid)`` -- or the real reason it failed, after removing its
+   files -- on stdout, which the caller of ``spawn`` reads, and detaches from the caller's
+   pipes;
+5. only then imports threading and ``multiprocessing.managers`` and serves
+   (``_state.py``, ``_server.py``). A client that connects earlier waits in the listen
+   backlog: the socket is bound before ``spawn`` returns.
+
+Nothing here imports more than ``os``, ``marshal``, ``fcntl``, ``_socket`` and ``signal``
+before the report: the caller of ``spawn`` is waiting.
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import signal
+import sys
+from typing import Any
+
+from bgtask import _paths
+
+#: signals a job must not inherit as ignored (Python ignores SIGPIPE and SIGXFSZ; the
+#: supervisor ignores SIGHUP).
+RESET_SIGNALS = tuple(
+    s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGHUP", "SIGINT"))
+    if s is not None
+)
+
+
+class StartError(Exception):
+    """The job could not be started; ``args`` is the report sent to the spawner."""
+
+
+# -- status reports to the spawner -------------------------------------------------------
+
+def report(msg: tuple[Any, ...], fd: int = 1) -> None:
+    data = marshal.dumps(msg)
+    data = len(data).to_bytes(4, "big") + data
+    while data:
+        try:
+            n = os.write(fd, data)
+        except OSError:
+            return  # the spawner is gone; nothing to tell
+        data = data[n:]
+
+
+def _read_all(fd: int) -> bytes:
+    parts = []
+    while True:
+        part = os.read(fd, 1 << 20)
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+
+
+# -- the job -----------------------------------------------------------------------------
+
+def resolve_program(argv0: str, env: dict[str, str]) -> list[str]:
+    """Candidate paths for *argv0*, searched in the job's ``PATH`` like ``execvpe``."""
+    if "/" in argv0:
+        return [argv0]
+    path = env.get("PATH", os.defpath)
+    return [os.path.join(d or ".", argv0) for d in path.split(os.pathsep)]
+
+
+def launch(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int, int]:
+    """Start the job; returns ``(pid, stdin_w, stdout_r, stderr_r)``.
+
+    The job gets its own process group (so signals reach its children too), pipes on
+    0/1/2 and nothing else: every other fd of the supervisor is close-on-exec.
+
+    :raises StartError: with the real reason (bad cwd, no such program, not executable).
+    """
+    fds: list[int] = []
+    try:
+        r0, w0 = os.pipe()
+        fds += (r0, w0)
+        r1, w1 = os.pipe()
+        fds += (r1, w1)
+        r2, w2 = os.pipe()
+        fds += (r2, w2)
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            raise StartError("cwd", exc.errno, exc.strerror, cwd) from None
+        try:
+            pid = _spawn_path(argv, env, r0, w1, w2)
+        finally:
+            os.chdir("/")  # do not keep the job's directory busy
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for fd in (r0, w1, w2):
+        os.close(fd)
+    return pid, w0, r1, r2
+
+
+def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int) -> int:
+    actions = [
+        (os.POSIX_SPAWN_DUP2, r0, 0),
+        (os.POSIX_SPAWN_DUP2, w1, 1),
+        (os.POSIX_SPAWN_DUP2, w2, 2),
+    ]
+    first_error: OSError | None = None
+    for path in resolve_program(argv[0], env):
+        try:
+            return os.posix_spawn(path, argv, env, file_actions=actions, setpgroup=0,
+                                  setsigdef=RESET_SIGNALS, setsigmask=())
+        except OSError as exc:
+            # Like execvpe: keep looking after ENOENT/ENOTDIR/EACCES, report EACCES
+            # (found but not executable) in preference to "not found".
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                raise StartError("exec", exc.errno, exc.strerror, argv[0]) from None
+            if first_error is None or (exc.errno == errno.EACCES and first_error.errno != errno.EACCES):
+                first_error = exc
+    assert first_error is not None
+    raise StartError("exec", first_error.errno, first_error.strerror, argv[0])
+
+
+def take_lock(pool: str, name: str) -> int:
+    """Take the per-user lock *name* without waiting; returns the fd that holds it."""
+    import fcntl
+
+    path = _paths.lock_path(pool, os.geteuid(), name)
+    try:
+        fd = _paths.open_private(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StartError("lockfile", exc.errno, exc.strerror, path) from None
+    try:
+        st = os.fstat(fd)
+        if not _paths.is_mine(st):
+            raise StartError("lockfile", errno.EACCES, "lock file belongs to another user", path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartError("locked", errno.EAGAIN, f"lock {name!r} is held", name) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- start-up ----------------------------------------------------------------------------
+
+class Startup:
+    """What the fast path made, handed to the serving phase."""
+
+    def __init__(self, pool: str, config: dict[str, Any]) -> None:
+        self.pool = pool
+        self.config = config
+        self.pid = os.getpid()
+        self.token_fd = -1
+        self.token = b""
+        self.sock: Any = None
+        self.lock_fd = -1
+        self.job: tuple[int, int, int, int] | None = None
+
+    def make_files(self) -> None:
+        import _socket
+        import fcntl
+
+        pool, pid = self.pool, self.pid
+        # Serialise with a sweeper that is removing a dead supervisor's files under this
+        # very pid, so that it cannot remove ours by mistake.
+        lock_fd = -1
+        try:
+            lock_fd = _paths.open_private(_paths.sweep_lock_path(pool, os.geteuid()),
+                                          os.O_RDWR | os.O_CREAT, 0o600)
+            if _paths.is_mine(os.fstat(lock_fd)):
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a planted or unwritable lock file: go on without it
+        try:
+            try:
+                self.token_fd, self.token = _paths.create_token_file(pool, pid)
+            except FileExistsError as exc:
+                raise StartError("collision", exc.errno, "task files of another user", pool) from None
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            path = _paths.sock_path(pool, pid)
+            old_umask = os.umask(0o177)  # the socket file is created 0600; single-threaded here
+            try:
+                try:
+                    sock.bind(path)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE or not _paths.remove_if_mine(path):
+                        raise StartError("collision", exc.errno, exc.strerror, path) from None
+                    sock.bind(path)  # a stale socket of ours with our pid: its owner is dead
+            finally:
+                os.umask(old_umask)
+            sock.listen(128)
+            self.sock = sock
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
+
+    def start(self) -> None:
+        cfg = self.config
+        self.make_files()
+        if cfg["lock"]:
+            self.lock_fd = take_lock(self.pool, cfg["lock"])
+        self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"])
+        _paths.write_job_record(self.token_fd, self.job[0], _paths.proc_start_time(self.job[0]))
+
+    def remove_files(self) -> None:
+        if self.sock is not None:
+            _paths.remove_if_mine(_paths.sock_path(self.pool, self.pid))
+            self.sock.close()
+            self.sock = None
+        if self.token_fd >= 0:
+            _paths.remove_if_mine(_paths.token_path(self.pool, self.pid))
+            os.close(self.token_fd)
+            self.token_fd = -1
+
+
+def _detach_stdio() -> None:
+    fd = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def main(pool: str) -> None:
+    """Entry point of the supervisor process (see the module docstring)."""
+    data = _read_all(0)
+    if os.fork():
+        os._exit(0)  # the intermediate: the spawner reaps it at once
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    startup = Startup(pool, {})
+    try:
+        startup.config = marshal.loads(data)
+        report(("pid", startup.pid))
+        startup.start()
+    except StartError as exc:
+        startup.remove_files()
+        report(("error",) + exc.args)
+        os._exit(1)
+    except BaseException:
+        startup.remove_files()
+        import traceback
+
+        report(("error", "internal", 0, traceback.format_exc(), None))
+        os._exit(1)
+    assert startup.job is not None
+    report(("ok", startup.pid, startup.job[0]))
+    _detach_stdio()
+    try:
+        from bgtask import _server
+
+        _server.serve(startup)
+    finally:
+        os._exit(0)
+
+
+__all__ = ["RESET_SIGNALS", "StartError", "Startup", "launch", "main", "report"]
