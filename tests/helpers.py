@@ -1,0 +1,72 @@
+"""Helpers for tests: real processes, bounded waits, and finding what a test left alive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+PY = sys.executable
+
+
+def py(code: str) -> list[str]:
+    """argv running *code* in this interpreter (not the slow pyenv shim)."""
+    return [PY, "-c", code]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll *predicate* until it returns something true; fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def pid_alive(pid: int) -> bool:
+    """True if *pid* exists and is not a zombie."""
+    data = _read(f"/proc/{pid}/stat")
+    if not data:
+        return False
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] != b"Z"
+
+
+def processes_of_pool(pool: str) -> list[tuple[int, str]]:
+    """Live processes that belong to *pool*: supervisors (the pool path is in their
+    command line) and jobs (BGTASK_POOL=<pool> in their environment), except us."""
+    me = os.getpid()
+    needle_env = b"BGTASK_POOL=" + os.fsencode(pool) + b"\0"
+    needle_cmd = os.fsencode(pool)
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        cmd = _read(f"/proc/{pid}/cmdline")
+        env = _read(f"/proc/{pid}/environ")
+        if (needle_cmd in cmd.split(b"\0")) or (needle_env in env) or env.endswith(needle_env[:-1]):
+            if pid_alive(pid):
+                found.append((pid, cmd.replace(b"\0", b" ").decode(errors="replace")[:150]))
+    return found
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
