@@ -23,7 +23,10 @@ nothing but the standard library core: the supervisor imports it too.
 
 from __future__ import annotations
 
-from typing import Any
+# The supervisor imports this module: typing is only imported for type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _rebuild(cls: type[BgTaskError], args: tuple[Any, ...], attrs: dict[str, Any]) -> BgTaskError:

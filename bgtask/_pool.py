@@ -214,7 +214,7 @@ class TaskPool:
             try:
                 cwd = os.getcwd()
             except FileNotFoundError:
-                raise SpawnError("cannot start the job: the current directory was deleted; pass cwd=")
+                raise SpawnError("cannot start the job: the current directory was deleted; pass cwd=") from None
         else:
             cwd = os.path.abspath(os.fspath(cwd))
         for name, value, minimum in (("retain_output", retain_output, 0), ("max_buffer", max_buffer, 1)):

@@ -25,19 +25,24 @@ before the report: the caller of ``spawn`` is waiting.
 
 from __future__ import annotations
 
+import _signal  # not `signal`: it imports enum, and the spawner is waiting
 import errno
 import marshal
 import os
-import signal
 import sys
-from typing import Any
 
 from bgtask import _paths
+
+# The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
+# so it is only imported for type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: signals a job must not inherit as ignored (Python ignores SIGPIPE and SIGXFSZ; the
 #: supervisor ignores SIGHUP).
 RESET_SIGNALS = tuple(
-    s for s in (getattr(signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGHUP", "SIGINT"))
+    s for s in (getattr(_signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGHUP", "SIGINT"))
     if s is not None
 )
 
@@ -211,6 +216,10 @@ class Startup:
 
     def start(self) -> None:
         cfg = self.config
+        # The job (and its descendants) find their supervisor through these:
+        # bgtask.current() and default_pool() inside the job.
+        cfg["env"]["BGTASK_PID"] = str(self.pid)
+        cfg["env"]["BGTASK_POOL"] = self.pool
         self.make_files()
         if cfg["lock"]:
             self.lock_fd = take_lock(self.pool, cfg["lock"])
@@ -241,7 +250,7 @@ def main(pool: str) -> None:
     data = _read_all(0)
     if os.fork():
         os._exit(0)  # the intermediate: the spawner reaps it at once
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
     startup = Startup(pool, {})
     try:
         startup.config = marshal.loads(data)
@@ -261,6 +270,10 @@ def main(pool: str) -> None:
     report(("ok", startup.pid, startup.job[0]))
     _detach_stdio()
     try:
+        # multiprocessing.managers falls back cleanly without shared_memory (HAS_SHMEM =
+        # False); the supervisor never uses it, and not importing it saves ~1 MB per
+        # supervisor (secrets, resource_tracker, mmap...).
+        sys.modules.setdefault("multiprocessing.shared_memory", None)  # type: ignore[arg-type]
         from bgtask import _server
 
         _server.serve(startup)
