@@ -130,6 +130,7 @@ class TaskState:
         self.stdin = _Stdin()
         self.state = "exited"
         self.run: _Run | None = None
+        self.last_pgid: int | None = None
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.started_at: float | None = None
@@ -177,6 +178,7 @@ class TaskState:
         self.ended_mono = time.monotonic()
         self._transition("exited")
         self.run = None
+        self.last_pgid = run.pgid
         if self.deleting:
             # The supervisor is going away: take the job's stragglers along while the
             # zombie leader still pins the process group id.
@@ -551,6 +553,12 @@ class TaskState:
                     deadline = time.monotonic() + 10
                     while self.state != "exited" and time.monotonic() < deadline:
                         self.changed.wait(deadline - time.monotonic())
+            elif self.last_pgid is not None and any(self.open_pipes.values()):
+                # The job has ended but descendants in its process group still hold its
+                # pipes: the output dies with the supervisor, so they go too. (A live
+                # member pins the pgid, so it cannot have been reused.)
+                _killpg(self.last_pgid, signal.SIGTERM)
+                _killpg(self.last_pgid, signal.SIGCONT)
             self.exit_requested = True
             self.startup.remove_files()
             self.changed.notify_all()
