@@ -207,7 +207,7 @@ def task_pids(pool: str) -> tuple[list[int], list[int]]:
 
 def orphan_token_pids(pool: str) -> list[int]:
     """Pids of our token files that have no socket beside them."""
-    pids = []
+    pids: list[int] = []
     try:
         names = os.listdir(pool)
     except FileNotFoundError:

@@ -351,7 +351,12 @@ class TaskPool:
                 continue
             if not _paths.is_mine(st):
                 continue
-            if _paths.proc_state(pid) in (None, "Z") or time.time() - st.st_mtime > _STARTING_GRACE:
+            # No socket beside the token: the supervisor died while starting -- or is
+            # starting right now. Only a pid that is gone, or that is (after the grace
+            # time) some other program than a supervisor, proves it dead.
+            state = _paths.proc_state(pid)
+            if state in (None, "Z") or (time.time() - st.st_mtime > _STARTING_GRACE
+                                        and not _is_supervisor(pid)):
                 _sweep(pool, pid, force_if_silent=True)
 
     def clean(self) -> list[int]:
@@ -364,6 +369,14 @@ class TaskPool:
                 continue
             done.append(task.pid)
         return done
+
+
+def _is_supervisor(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"bgtask._supervisor" in f.read()
+    except OSError:
+        return False
 
 
 def _matches(value: Any, pattern: Any) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import multiprocessing as _mp
 import os
 import pickle
 import select
@@ -183,7 +184,7 @@ def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> Co
             _set_timeouts(tmp, 0)
         finally:
             tmp.close()
-    except _mpc.AuthenticationError:
+    except _mp.AuthenticationError:
         conn.close()
         raise TaskNotFoundError(f"task {pid}: the socket's owner does not know the task's token "
                                 "(a different supervisor?)", pid) from None

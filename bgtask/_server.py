@@ -81,12 +81,12 @@ class TaskServer(managers.Server):
     def __init__(self, state: TaskState, sock: socket.socket, address: str, authkey: bytes) -> None:
         # Not calling Server.__init__: it would bind a new socket; ours is bound already.
         self.registry = TaskManager._registry  # type: ignore[attr-defined]
-        self.authkey = _mp_process.AuthenticationString(authkey)
+        self.authkey = _mp_process.AuthenticationString(authkey)  # type: ignore[attr-defined]
         self.listener = _Listener(sock, address)
         self.address = address
         self.state = state
         self.exposed = frozenset(EXPOSED)
-        self.id_to_obj = {"0": (None, ()), STATE_IDENT: (state, self.exposed, None)}
+        self.id_to_obj = {"0": (None, ()), STATE_IDENT: (state, self.exposed, None)}  # type: ignore[dict-item]
         self.id_to_refcount = {STATE_IDENT: 1}
         self.id_to_local_proxy_obj: dict[str, Any] = {}
         self.mutex = threading.Lock()
@@ -242,6 +242,12 @@ def serve(startup: Startup) -> None:
         server = TaskServer(state, sock, _paths.sock_path(startup.pool, startup.pid),
                             _paths.authkey_from_token(startup.token))
     except BaseException:
+        # We cannot serve: do not leave a job behind that nobody can reach.
+        if startup.job is not None:
+            try:
+                os.killpg(startup.job[0], signal.SIGKILL)
+            except OSError:
+                pass
         startup.remove_files()
         raise
 

@@ -65,7 +65,7 @@ def report(msg: tuple[Any, ...], fd: int = 1) -> None:
 
 
 def _read_all(fd: int) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         part = os.read(fd, 1 << 20)
         if not part:
