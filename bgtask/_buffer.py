@@ -22,6 +22,22 @@ from bisect import bisect_right
 _COALESCE = 64 * 1024
 
 
+class Chunks(list):  # type: ignore[type-arg]
+    """Bytes held as pieces (``bytes`` or ``memoryview`` of ``bytes``): a read's data on
+    its way to the socket, which the supervisor writes out piece by piece (``writev``)
+    instead of joining them. Anything else that pickles it gets plain ``bytes``.
+    """
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+
+    def __reduce__(self) -> tuple[type[bytes], tuple[bytes]]:
+        return bytes, (b"".join(self),)
+
+
 class ByteBuffer:
     """The bytes of one output stream (stdout or stderr).
 
@@ -31,7 +47,7 @@ class ByteBuffer:
         past it drops the oldest unread bytes instead and counts them in ``dropped``.
     """
 
-    __slots__ = ("_chunks", "_head", "_starts", "cursor", "drop", "dropped", "limit",
+    __slots__ = ("_chunks", "_head", "_starts", "cursor", "drop", "dropped", "inflight", "limit",
                  "max_unread", "retain", "start")
 
     def __init__(self, retain: int = 0, max_unread: int = 64 << 20, drop: bool = False) -> None:
@@ -42,6 +58,9 @@ class ByteBuffer:
         self.cursor = 0
         self.limit = 0
         self.dropped = 0
+        #: bytes consumed by a read whose reply is still being sent: the reply holds them,
+        #: so they count against max_unread until it is out (see TaskState.reply_sent).
+        self.inflight = 0
         # chunks[i] holds bytes [starts[i], starts[i] + len(chunks[i])); entries before
         # _head are freed (None) and compacted away from time to time.
         self._chunks: list[bytes | bytearray | None] = []
@@ -58,8 +77,9 @@ class ByteBuffer:
         return self.limit - self.start
 
     def room(self) -> int:
-        """How many more bytes may be appended before the buffer is full."""
-        return max(0, self.max_unread - self.unread)
+        """How many more bytes may be appended before the buffer is full (the bytes of
+        replies still being sent count as held)."""
+        return max(0, self.max_unread - self.unread - self.inflight)
 
     def append(self, data: bytes) -> None:
         n = len(data)
@@ -85,25 +105,43 @@ class ByteBuffer:
 
     def get(self, start: int, end: int) -> bytes:
         """The bytes ``[start, end)``; the caller checked ``start >= self.start``."""
-        end = min(end, self.limit)
-        if start >= end:
+        parts = self.parts(start, end)
+        if not parts:
             return b""
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
+
+    def parts(self, start: int, end: int) -> Chunks:
+        """The bytes ``[start, end)`` as the pieces they are held in, without copying.
+
+        Immutable chunks are passed as themselves (or a ``memoryview`` slice of one); the
+        growing tail (a ``bytearray`` that later small appends extend) is copied, since
+        the pieces are used after the caller drops the lock. The caller checked
+        ``start >= self.start``.
+        """
+        end = min(end, self.limit)
+        out = Chunks()
+        if start >= end:
+            return out
         chunks, starts = self._chunks, self._starts
         i = bisect_right(starts, start, self._head) - 1
-        pieces: list[bytes] = []
         pos = start
         while pos < end:
             chunk = chunks[i]
             assert chunk is not None
             first = starts[i]
             a, b = pos - first, min(len(chunk), end - first)
-            if a == 0 and b == len(chunk) and type(chunk) is bytes:
-                pieces.append(chunk)  # the common case of large reads: no copy at all
+            if type(chunk) is not bytes:
+                out.append(bytes(chunk[a:b]))
+            elif a == 0 and b == len(chunk):
+                out.append(chunk)  # the common case of large reads: no copy at all
             else:
-                pieces.append(bytes(memoryview(chunk)[a:b]) if type(chunk) is bytes else bytes(chunk[a:b]))
+                out.append(memoryview(chunk)[a:b])
             pos = first + b
             i += 1
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        out.nbytes = end - start
+        return out
 
     def consume(self, upto: int) -> None:
         """Mark everything before *upto* as read; keep the last ``retain`` bytes of it."""
@@ -114,10 +152,26 @@ class ByteBuffer:
         self.start = max(self.start, self.cursor - self.retain)
         self._free()
 
-    def unconsume(self, back_to: int) -> bool:
-        """Undo a consuming read whose reply could not be delivered, if nothing else moved."""
-        if back_to < self.start or back_to > self.cursor:
+    def unconsume(self, back_to: int, parts: Chunks | None = None, old_start: int | None = None) -> bool:
+        """Undo a consuming read whose reply could not be delivered, if nothing else moved.
+
+        The read may have freed what it read (``retain`` smaller than the read): those
+        bytes are put back from the read's *parts* (its data, from *back_to* on). *old_start*
+        is :attr:`start` before the read; retained bytes that the read freed are lost.
+        """
+        if back_to > self.cursor:
             return False
+        if back_to < self.start:
+            live = self._head < len(self._chunks)
+            first = self._starts[self._head] if live else self.limit
+            if back_to < first:
+                if parts is None or parts.nbytes < first - back_to:
+                    return False
+                data = b"".join(parts)[:first - back_to]  # rare: a copy is fine
+                self._chunks.insert(self._head, data)
+                self._starts.insert(self._head, back_to)
+                first = back_to
+            self.start = max(first, back_to if old_start is None else min(old_start, back_to))
         self.cursor = back_to
         return True
 
@@ -221,4 +275,4 @@ class MessageBuffer:
                 "unread": self.unread, "bytes": self.nbytes}
 
 
-__all__ = ["ByteBuffer", "MessageBuffer"]
+__all__ = ["ByteBuffer", "Chunks", "MessageBuffer"]

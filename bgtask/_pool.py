@@ -125,6 +125,12 @@ class TaskPool:
             n = "unreadable"
         return f"<bgtask.TaskPool {str(self._path)!r} {n}>"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython: the repr, plus the ``bgtask ls`` table when shown on its own."""
+        from bgtask._format import pretty_pool
+
+        pretty_pool(self, p, cycle)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TaskPool) and other._path == self._path
 
@@ -189,6 +195,9 @@ class TaskPool:
             args = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv]
             if not args:
                 raise ValueError("argv must not be empty")
+            if args[0] == "":
+                # posix_spawn refuses it in the supervisor, after the files were made.
+                raise ValueError("argv[0] (the program) must not be an empty string")
             for a in args:
                 if not isinstance(a, str):
                     raise TypeError(f"argv must be a list of str, found {type(a).__name__} {a!r}")
@@ -442,11 +451,14 @@ def _sweep(pool: str, pid: int, force_if_silent: bool = False) -> bool:
             _token, job_pid, job_start = _paths.read_token_file(pool, pid)
         except (OSError, ValueError):
             job_pid = job_start = None
-        if job_pid and job_start and _paths.proc_start_time(job_pid) == job_start:
+        if job_pid and job_start:
             _stop_orphan(job_pid, job_start)
-        if st is not None:
-            _paths.remove_if_mine(sock, st)
-        _paths.remove_if_mine(_paths.token_path(pool, pid))
+        try:
+            if st is not None:
+                _paths.remove_if_mine(sock, st)
+            _paths.remove_if_mine(_paths.token_path(pool, pid))
+        except OSError:
+            return False  # a pool we may not write to (any more): the files stay
         return True
     finally:
         if lock is not None:
@@ -471,42 +483,73 @@ def _sweep_lock(pool: str) -> Any:
     return lock
 
 
-def _refuses(path: str) -> bool:
-    import _socket
-
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        s.settimeout(2.0)
-        s.connect(path)
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return False
+_refuses = _protocol._refuses
 
 
 def _stop_orphan(job_pid: int, job_start: int) -> None:
     """TERM (then KILL) the process group of a job whose supervisor died."""
+    if not _orphan_group_is_ours(job_pid, job_start):
+        return
     for sig in (signal.SIGTERM, signal.SIGCONT):
         try:
             os.killpg(job_pid, sig)
         except OSError:
-            try:
-                os.kill(job_pid, sig)
-            except OSError:
-                pass
+            if _paths.proc_start_time(job_pid) == job_start:
+                try:
+                    os.kill(job_pid, sig)  # the job left its process group
+                except OSError:
+                    pass
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        if _paths.proc_start_time(job_pid) != job_start or _paths.proc_state(job_pid) == "Z":
+        if _paths.proc_state(job_pid) in (None, "Z") and not _live_members(job_pid):
             return
         time.sleep(0.02)
-    if _paths.proc_start_time(job_pid) == job_start:
+    if _orphan_group_is_ours(job_pid, job_start):
         try:
             os.killpg(job_pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _orphan_group_is_ours(job_pid: int, job_start: int) -> bool:
+    """Is process group *job_pid* the orphaned job's?
+
+    Yes if its leader is the recorded job (same pid *and* start time). Also if the
+    leader is gone but the group still has members -- children the job left behind when
+    it died of the SIGTERM (or SIGPIPE) that they ignore: the kernel does not hand out a
+    pid while a process group of that id exists, so no unrelated process can lead it.
+    """
+    start = _paths.proc_start_time(job_pid)
+    if start is not None:
+        return start == job_start
+    return _group_alive(job_pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _live_members(pgid: int) -> bool:
+    """Does process group *pgid* have a member that is not a zombie? (Orphans' zombies
+    wait for init, which may be slow to reap them: they must not hold up a sweep.)"""
+    if not _group_alive(pgid):
+        return False
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+            return True
+    return False
 
 
 def default_pool() -> TaskPool:

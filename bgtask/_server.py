@@ -31,8 +31,10 @@ import time
 from multiprocessing import connection, managers
 from multiprocessing import process as _mp_process
 
+from bgtask import _paths
+from bgtask._buffer import Chunks
 from bgtask._errors import BgTaskError
-from bgtask._protocol import EXPOSED, STATE_IDENT, _set_timeouts
+from bgtask._protocol import EXPOSED, STATE_IDENT, Connection, _set_timeouts, encode_read_reply
 from bgtask._state import TaskState
 from bgtask._supervisor import Startup
 
@@ -43,6 +45,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 HANDSHAKE_TIMEOUT = 10.0
+#: the send buffer of a client's connection. Linux' default (~200 KiB) makes a 1 MiB
+#: reply take several sleep/wake rounds between supervisor and reader; a bigger buffer
+#: costs nothing while idle (it is a limit, filled only by bytes in flight).
+SEND_BUFFER = 4 << 20
+#: how often the supervisor checks that its socket and token file are still in the pool.
+FILES_CHECK_INTERVAL = 2.0
 _PASSED_ERRORS = (BgTaskError, ValueError, TypeError, TimeoutError, LookupError, AttributeError)
 
 
@@ -66,10 +74,14 @@ class _Listener:
         self._sock = sock
         self.address = address
 
-    def accept(self) -> connection.Connection:
+    def accept(self) -> Connection:
         s, _ = self._sock.accept()
         s.setblocking(True)
-        return connection.Connection(s.detach())
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:
+            pass
+        return Connection(s.detach())
 
     def close(self) -> None:
         self._sock.close()
@@ -98,8 +110,46 @@ class TaskServer(managers.Server):
         _mp_process.current_process()._manager_server = self  # type: ignore[attr-defined]
         t = threading.Thread(target=self.accepter, name="accepter", daemon=True)
         t.start()
+        files = self._our_files()
         while not self.stop_event.is_set():
-            self.stop_event.wait(3600)
+            self.stop_event.wait(FILES_CHECK_INTERVAL)
+            if self._unreachable(files):
+                # Our socket or token file was removed (the pool directory was deleted, or
+                # someone unlinked them): no client can ever find us again. End like
+                # delete() rather than keep a job running that nobody can reach.
+                _on_term(self.state, self)
+
+    def _our_files(self) -> list[tuple[str, tuple[int, int]]]:
+        startup = self.state.startup
+        files = []
+        try:
+            sock = _paths.sock_path(startup.pool, startup.pid)
+            st = os.lstat(sock)
+            files.append((sock, (st.st_ino, st.st_dev)))
+            st = os.fstat(startup.token_fd)
+            files.append((_paths.token_path(startup.pool, startup.pid), (st.st_ino, st.st_dev)))
+        except OSError:
+            pass
+        return files
+
+    def _unreachable(self, files: list[tuple[str, tuple[int, int]]]) -> bool:
+        state = self.state
+        with state.lock:  # delete() removes the files under it: never mistake that for this
+            if state.deleting or state.exit_requested:
+                return False
+            for path, ident in files:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue  # cannot look (the pool was made unsearchable): no proof
+                else:
+                    if (st.st_ino, st.st_dev) == ident:
+                        continue
+                state.deleting = True  # claimed: the supervisor is going away (no restart)
+                return True
+        return False
 
     def accepter(self) -> None:
         while not self.stop_event.is_set():
@@ -177,8 +227,19 @@ class TaskServer(managers.Server):
     def serve_client(self, conn: Any) -> None:
         state = self.state
         exposed = self.exposed
-        recv, send = conn.recv, conn.send
+        recv = conn.recv
+
+        def send(msg: tuple[str, Any]) -> None:
+            kind, result = msg
+            if type(result) is tuple and len(result) == 5 and type(result[2]) is Chunks:
+                # A byte read: its chunks go to the socket as they are (never joined).
+                pos, nxt, data, limit, eof = result
+                conn.send_parts(encode_read_reply(pos, nxt, data, data.nbytes, limit, bool(eof)))
+            else:
+                conn.send(msg)
+
         while True:
+            deleted = False
             try:
                 request = recv()
             except (EOFError, OSError):
@@ -193,6 +254,11 @@ class TaskServer(managers.Server):
                     if ident != STATE_IDENT:
                         raise LookupError(f"no object {ident!r} in this supervisor")
                     msg = ("#RETURN", getattr(state, methodname)(*args, **kwds))
+                    # Only the thread that answers delete() ends the process, after its
+                    # answer is sent: another client's thread finishing a call meanwhile
+                    # must not cut that answer off (delete() would see the supervisor
+                    # vanish and raise TaskNotFoundError).
+                    deleted = methodname == "delete"
                 except _PASSED_ERRORS as exc:
                     msg = ("#ERROR", exc)
                 except Exception:
@@ -208,10 +274,15 @@ class TaskServer(managers.Server):
             except (OSError, EOFError):
                 if rollback is not None:
                     state.rollback(rollback)  # the client is gone: its read never happened
-                if state.exit_requested:
+                if deleted:
                     self.finish()
                 return
-            if state.exit_requested:
+            if rollback is not None:
+                state.reply_sent(rollback)
+            # Do not hold a read's data while waiting for the next request: it has left
+            # the buffer and no longer counts against max_buffer.
+            del msg, rollback
+            if deleted:
                 self.finish()
 
     def finish(self) -> None:

@@ -67,6 +67,8 @@ def start_error_to_exception(args: tuple[Any, ...]) -> SpawnError:
         msg = f"cannot start the job: cannot use lock file {filename!r}: {text}"
     elif kind == "collision":
         msg = f"cannot start the job: the task's file names are taken ({text})"
+    elif kind == "pool":
+        msg = f"cannot start the job: cannot create the task's files in pool {filename!r}: {text}"
     else:
         msg = f"cannot start the job: the supervisor failed: {text}"
     return SpawnError(msg, errno=err or None, filename=filename)
@@ -81,6 +83,8 @@ class _Run:
         self.stdin_w = stdin_w
         self.out_fds = {"stdout": stdout_r, "stderr": stderr_r}
         self.reaped = False
+        #: byte streams whose pump is waiting for room (so its fd is open and idle)
+        self.held: set[str] = set()
 
 
 class _Stdin:
@@ -131,6 +135,7 @@ class TaskState:
         self.state = "exited"
         self.run: _Run | None = None
         self.last_pgid: int | None = None
+        self.prev_run: _Run | None = None
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.started_at: float | None = None
@@ -179,6 +184,7 @@ class TaskState:
         self._transition("exited")
         self.run = None
         self.last_pgid = run.pgid
+        self.prev_run = run
         if self.deleting:
             # The supervisor is going away: take the job's stragglers along while the
             # zombie leader still pins the process group id.
@@ -207,8 +213,19 @@ class TaskState:
                 continue
             with self.lock:
                 if status.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED, os.CLD_CONTINUED):
-                    # consume this notification so the next waitid sees the next one
-                    os.waitid(os.P_PID, run.pid, os.WSTOPPED | os.WCONTINUED | os.WNOHANG)
+                    # Consume the notification so the next waitid sees the next one, and
+                    # act on the one consumed, not the one peeked at: a pause() + resume()
+                    # in between replaces "stopped" by "continued", and acting on the stale
+                    # "stopped" would leave the task paused for good while the job runs.
+                    try:
+                        status = os.waitid(os.P_PID, run.pid, os.WSTOPPED | os.WCONTINUED | os.WNOHANG)
+                    except ChildProcessError:
+                        # It has exited since (a pause() then a kill or delete): a zombie
+                        # is not waitable without WEXITED, and Linux says ECHILD. The
+                        # next waitid sees the exit; dying here would hide it for good.
+                        status = None
+                    if status is None:
+                        continue
                     if status.si_code == os.CLD_CONTINUED and self.state == "paused":
                         self._transition("running")
                     elif status.si_code != os.CLD_CONTINUED and self.state == "running":
@@ -229,7 +246,9 @@ class TaskState:
             while True:
                 with self.lock:
                     while not buf.drop and buf.room() <= 0:
+                        run.held.add(name)
                         self.changed.wait()
+                    run.held.discard(name)
                     n = size if buf.drop else min(size, buf.room())
                 try:
                     data = os.read(fd, n)
@@ -368,8 +387,7 @@ class TaskState:
             raise ValueError(f"start must be a non-negative int, not {start!r}")
         if end is not None and (not isinstance(end, int) or end < 0):
             raise ValueError(f"end must be a non-negative int, not {end!r}")
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must not be negative")
+        _check_timeout(timeout)
         if not isinstance(max_bytes, int) or max_bytes <= 0:
             raise ValueError("max_bytes must be a positive int")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -398,10 +416,13 @@ class TaskState:
                 nxt = pos + len(data)
             else:
                 stop = min(stop, pos + max_bytes) if pos < stop else pos
-                data = buf.get(pos, stop) if pos < stop else b""
+                # The held chunks, not joined: the server writes them out as they are.
+                data = buf.parts(pos, stop) if pos < stop else b""
                 nxt = stop
             if consume and nxt > buf.cursor:
-                self._tls.rollback = (name, buf.cursor, data if is_msg else None, nxt)
+                self._tls.rollback = (name, buf.cursor, data, nxt, buf.start)
+                if not is_msg:
+                    buf.inflight += nxt - buf.cursor  # until reply_sent() or rollback()
                 buf.consume(nxt)
                 self.changed.notify_all()  # a blocked pump may go on
             eof = ended and nxt >= buf.limit
@@ -420,12 +441,24 @@ class TaskState:
 
     def rollback(self, rb: Any) -> None:
         """Undo a consuming read whose reply never reached the client."""
-        name, old_cursor, blobs, nxt = rb
+        name, old_cursor, data, nxt, old_start = rb
         with self.lock:
             if name in MESSAGE_STREAMS:
-                self.msgs[name].unconsume(blobs, nxt)
-            elif self.out[name].cursor == nxt:
-                self.out[name].unconsume(old_cursor)
+                self.msgs[name].unconsume(data, nxt)
+            else:
+                buf = self.out[name]
+                buf.inflight -= nxt - old_cursor
+                if buf.cursor == nxt:
+                    buf.unconsume(old_cursor, data, old_start)
+                self.changed.notify_all()
+
+    def reply_sent(self, rb: Any) -> None:
+        """The reply of a consuming read is out: its bytes no longer count as held."""
+        name, old_cursor, _data, nxt, _old_start = rb
+        if name in BYTE_STREAMS:
+            with self.lock:
+                self.out[name].inflight -= nxt - old_cursor
+                self.changed.notify_all()  # a pump waiting for room may go on
 
     # -- exposed: writing ------------------------------------------------------------------
 
@@ -440,6 +473,7 @@ class TaskState:
             raise ValueError(f"{name} cannot be written: it is the job's output")
         if not isinstance(data, bytes):
             raise TypeError(f"stream_write takes bytes, not {type(data).__name__}")
+        _check_timeout(timeout)
         with self.lock:
             if name in MESSAGE_STREAMS:
                 self.msgs[name].append(data)
@@ -449,7 +483,15 @@ class TaskState:
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 if st.closing or st.closed:
-                    why = "stdin was closed" if st.closing or self.state != "exited" else "the job has ended"
+                    # Say what the writer can act on: an ended job can be restarted.
+                    if self.state == "exited":
+                        why = "the job has ended"
+                    elif st.closing:
+                        why = "stdin was closed"
+                    else:
+                        # EPIPE: the job closed its stdin, or it is exiting and the
+                        # reaper has not seen it yet (a blocked writer wakes first)
+                        why = "the job closed its stdin or has ended"
                     raise StreamClosedError(f"cannot write to stdin of task {self.pid}: {why}")
                 if not st.pending_bytes or st.pending_bytes + len(data) <= STDIN_BUFFER:
                     break
@@ -494,6 +536,10 @@ class TaskState:
         with self.lock:
             if self.state != "exited" or self.deleting:
                 return False
+            prev = self.prev_run
+            if prev is not None:
+                for name in list(prev.held):
+                    self._drain_held(prev, name)
             startup = self.startup
             if self.lock_name:
                 try:
@@ -512,7 +558,34 @@ class TaskState:
             self._begin_run(*job)
             return True
 
+    def _drain_held(self, run: _Run, name: str) -> None:
+        """Before a restart: take what the ended *run* left in its *name* pipe, held back by
+        a full buffer (``on_full="block"``), into the buffer now -- past ``max_buffer`` by
+        at most the pipe's size -- so that it comes before the new run's output instead
+        of being interleaved with it. Lock held; that run's pump is waiting for room, so
+        it is not reading its fd."""
+        fd = run.out_fds[name]
+        try:
+            left = fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        except OSError:
+            left = _PIPE_BIG
+        os.set_blocking(fd, False)
+        try:
+            while left > 0:
+                try:
+                    data = os.read(fd, min(left, 1 << 16))
+                except OSError:  # BlockingIOError: empty (a straggler holds it open)
+                    break
+                if not data:
+                    break
+                self.out[name].append(data)
+                left -= len(data)
+        finally:
+            os.set_blocking(fd, True)
+        self.changed.notify_all()
+
     def wait(self, timeout: float | None = None) -> int | None:
+        _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
             while self.state != "exited":
@@ -531,15 +604,18 @@ class TaskState:
             return self.exit_code if self.signal is None else -self.signal
 
     def _blocked_pumps(self) -> bool:
-        return all(self.out[n].room() <= 0 for n in BYTE_STREAMS if self.open_pipes[n])
+        # Full of unread output (not merely waiting for a reply in flight to be sent).
+        return all(self.out[n].unread >= self.out[n].max_unread
+                   for n in BYTE_STREAMS if self.open_pipes[n])
 
     def delete(self, timeout: float = 5.0) -> None:
         """Terminate the job (TERM+CONT, KILL after *timeout*), then end the supervisor.
 
         The files are removed before the reply; the process exits right after it.
         """
-        if not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ValueError("timeout must be a non-negative number")
+        if timeout is None:
+            raise ValueError("delete() needs a timeout: seconds from TERM to KILL")
+        _check_timeout(timeout)
         with self.lock:
             self.deleting = True
             if self.run is not None and self.state != "exited":
@@ -562,6 +638,20 @@ class TaskState:
             self.exit_requested = True
             self.startup.remove_files()
             self.changed.notify_all()
+
+
+def _check_timeout(timeout: object) -> None:
+    """A timeout is None (no limit) or seconds: a finite number that the waits below can
+    take (``Condition.wait`` overflows past ``threading.TIMEOUT_MAX``; with NaN a wait
+    loop would spin for ever). Checked before anything is done: ``delete(nan)`` must not
+    TERM the job and then fail."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if not 0 <= timeout <= threading.TIMEOUT_MAX:
+        raise ValueError(f"timeout must be a finite number of seconds >= 0 (or None: no limit), "
+                         f"not {timeout!r}")
 
 
 def _check_stream(name: object) -> None:

@@ -8,6 +8,7 @@ offset rules (``start <= cursor <= limit``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,11 @@ STREAM_NAMES = ("stdin", "stdout", "stderr", "data", "control")
 MESSAGE_STREAMS = ("data", "control")
 #: how long one follow() call waits on the supervisor before asking again.
 FOLLOW_SLICE = 10.0
+#: the largest chunk follow() asks for. A chunk of a few MiB is reused heap memory, still
+#: in the CPU's cache on both sides; a 32 MiB one (the supervisor's cap) is a fresh
+#: memory mapping each time with a page fault on every page: following a fast job was
+#: 1.2x faster with 4 MiB than with 32 MiB chunks, and 1.4x faster than with 1 MiB.
+FOLLOW_CHUNK = 4 << 20
 #: largest piece of stdin sent in one call (the supervisor buffers 1 MiB).
 STDIN_CHUNK = 1 << 20
 
@@ -50,12 +56,16 @@ def _check_offset(name: str, value: object) -> None:
 
 
 def _check_timeout(timeout: object) -> None:
+    """None (no limit) or a finite number of seconds >= 0: NaN, infinity and values past
+    ``threading.TIMEOUT_MAX`` are refused here, before anything is sent (use None)."""
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     if timeout < 0:
         raise ValueError("timeout must not be negative")
+    if not timeout <= threading.TIMEOUT_MAX:  # also NaN: the supervisor's waits take no more
+        raise ValueError(f"timeout must be a finite number of seconds (or None: no limit), not {timeout!r}")
 
 
 class Stream:
@@ -147,9 +157,11 @@ class Stream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_once(self, start: int | None, end: int | None, consume: bool,
-                   timeout: float | None) -> tuple[int, int, Any, int, bool]:
-        return self._task._call("stream_read", self._name, start, end, consume, timeout,
-                                blocks_for=timeout)
+                   timeout: float | None, max_bytes: int | None = None) -> tuple[int, int, Any, int, bool]:
+        args: tuple[Any, ...] = (self._name, start, end, consume, timeout)
+        if max_bytes is not None:
+            args += (max_bytes,)
+        return self._task._call("stream_read", *args, blocks_for=timeout)
 
     def follow(self, start: int | None = None) -> Iterator[Any]:
         """Yield output until the end of the stream: bytes chunks, or single messages.
@@ -162,7 +174,8 @@ class Stream:
         _check_offset("start", start)
         pos = start
         while True:
-            _p, nxt, data, _limit, eof = self._read_once(pos, None, pos is None, FOLLOW_SLICE)
+            _p, nxt, data, _limit, eof = self._read_once(pos, None, pos is None, FOLLOW_SLICE,
+                                                         FOLLOW_CHUNK)
             if pos is not None:
                 pos = nxt
             if data:

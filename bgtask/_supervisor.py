@@ -40,9 +40,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 #: signals a job must not inherit as ignored (Python ignores SIGPIPE and SIGXFSZ; the
-#: supervisor ignores SIGHUP).
+#: supervisor ignores SIGHUP; a caller that ignores SIGCHLD would make the job's own
+#: children vanish from its wait()).
 RESET_SIGNALS = tuple(
-    s for s in (getattr(_signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGHUP", "SIGINT"))
+    s for s in (getattr(_signal, n, None) for n in ("SIGPIPE", "SIGXFSZ", "SIGHUP", "SIGINT", "SIGCHLD"))
     if s is not None
 )
 
@@ -196,6 +197,9 @@ class Startup:
                 self.token_fd, self.token = _paths.create_token_file(pool, pid)
             except FileExistsError as exc:
                 raise StartError("collision", exc.errno, "task files of another user", pool) from None
+            except OSError as exc:
+                # The pool was deleted, or is not writable: say so, not with a traceback.
+                raise StartError("pool", exc.errno, exc.strerror, pool) from None
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             path = _paths.sock_path(pool, pid)
             old_umask = os.umask(0o177)  # the socket file is created 0600; single-threaded here
@@ -203,7 +207,9 @@ class Startup:
                 try:
                     sock.bind(path)
                 except OSError as exc:
-                    if exc.errno != errno.EADDRINUSE or not _paths.remove_if_mine(path):
+                    if exc.errno != errno.EADDRINUSE:
+                        raise StartError("pool", exc.errno, exc.strerror, pool) from None
+                    if not _paths.remove_if_mine(path):
                         raise StartError("collision", exc.errno, exc.strerror, path) from None
                     sock.bind(path)  # a stale socket of ours with our pid: its owner is dead
             finally:
@@ -251,6 +257,10 @@ def main(pool: str) -> None:
     if os.fork():
         os._exit(0)  # the intermediate: the spawner reaps it at once
     _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
+    # A caller that ignores SIGCHLD (servers do, to avoid zombies) passes that on through
+    # exec: the kernel would then reap the job by itself, and the reaper's waitid() would
+    # never see it exit -- the task would stay "running" for good.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     startup = Startup(pool, {})
     try:
         startup.config = marshal.loads(data)

@@ -6,12 +6,13 @@ import os
 import signal as _signal
 import threading
 import time
+import weakref
 from typing import Any
 
 from bgtask import _codec, _paths, _protocol
 from bgtask._errors import BgTaskError, TaskNotFoundError
 from bgtask._pool import TaskPool, _sweep
-from bgtask._stream import Stream, stream_name
+from bgtask._stream import Stream, _check_timeout, stream_name
 
 
 def signal_number(sig: Any) -> int:
@@ -58,7 +59,10 @@ class Task:
         self._pid = pid
         self._pool = pool if pool is not None else TaskPool()
         self._local = threading.local()
-        self._conns: list[_protocol.Connection] = []
+        # Weak: a thread's connection lives in its thread-local slot and is closed when
+        # the thread ends; a strong list here would keep one socket (and one thread in the
+        # supervisor) per thread that ever used this handle, until disconnect().
+        self._conns: weakref.WeakSet[_protocol.Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
 
@@ -91,6 +95,12 @@ class Task:
         tail = f" {name!r}" if isinstance(name, str) else ""
         return f"<bgtask.Task {self._pid} {describe_status(info)}{tail}>"
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython: the repr, plus a summary of ``info()`` when shown on its own."""
+        from bgtask._format import pretty_task
+
+        pretty_task(self, p, cycle)
+
     # -- connection --------------------------------------------------------------------------
 
     def _conn(self) -> _protocol.Connection:
@@ -106,20 +116,20 @@ class Task:
             raise TaskNotFoundError(str(exc), self._pid) from None
         self._local.conn = conn
         with self._conns_lock:
-            self._conns.append(conn)
+            self._conns.add(conn)
         return conn
 
     def _forget_inherited(self) -> None:
         # After fork: the parent's connections are not ours to use. Closing our copies of
         # the fds does not disturb the parent's sockets.
         with self._conns_lock:
-            for c in self._conns:
+            for c in list(self._conns):
                 if c.owner_pid != os.getpid():
                     try:
                         c.close()
                     except OSError:
                         pass
-            self._conns = [c for c in self._conns if c.owner_pid == os.getpid()]
+            self._conns = weakref.WeakSet(c for c in self._conns if c.owner_pid == os.getpid())
         self._conns_lock = threading.Lock()
         self._local = threading.local()
 
@@ -127,8 +137,7 @@ class Task:
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
         with self._conns_lock:
-            if conn in self._conns:
-                self._conns.remove(conn)
+            self._conns.discard(conn)
         try:
             conn.close()
         except OSError:
@@ -163,7 +172,7 @@ class Task:
     def disconnect(self) -> None:
         """Close this handle's connections (in every thread of this process)."""
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns = list(self._conns), weakref.WeakSet()
         for c in conns:
             try:
                 c.close()
@@ -247,11 +256,7 @@ class Task:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The job's returncode (negative: killed by that signal), or None on timeout."""
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError("timeout must be a number or None")
-            if timeout < 0:
-                raise ValueError("timeout must not be negative")
+        _check_timeout(timeout)
         # COLLECT_GRACE (1 s) for the output after the exit is included in the answer wait
         return self._call("wait", timeout, blocks_for=None if timeout is None else timeout + 1.5)
 
@@ -263,6 +268,7 @@ class Task:
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError("timeout must be a non-negative number")
+        _check_timeout(timeout)  # and finite
         start_time = _paths.proc_start_time(self._pid)
         conn = self._conn()
         try:

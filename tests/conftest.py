@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 import pytest
+from helpers import kill_all, processes_of_pool, wait_for
 
 import bgtask
-from helpers import kill_all, processes_of_pool, wait_for
 
 
 @pytest.fixture

@@ -3,8 +3,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import bgtask
 from helpers import py
+
+import bgtask
 
 
 def test_spawn_and_read_back_from_another_process(pool: bgtask.TaskPool) -> None:
