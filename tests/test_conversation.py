@@ -30,7 +30,7 @@ JOB_ENV = {"PYTHONPATH": REPO}
 #: for jobs that decode objects of this module (``Point``, a lambda written here): dill
 #: pickles them by reference to the module, which must then be importable in the job.
 SHARED_ENV = {"PYTHONPATH": os.pathsep.join([REPO, str(Path(__file__).resolve().parent)])}
-DOC = Path(REPO) / "docs" / "conversation.rst"
+DOC = Path(REPO) / "README.rst"
 
 
 def job(pool: bgtask.TaskPool, code: str, **kw: Any) -> bgtask.Task:
@@ -673,8 +673,10 @@ sys.stdin.read()                                 # until the client closes stdin
 # -- the README example --------------------------------------------------------------------------------
 
 def doc_blocks() -> list[str]:
-    """The python code blocks of docs/conversation.rst, dedented, in order."""
+    """The python code blocks of the README's conversation section, dedented, in order."""
     text = DOC.read_text()
+    text = text[text.index("Talking to a running job\n"):]
+    text = text[:text.index("\nCommand line\n")]
     blocks = []
     for m in re.finditer(r"^\.\. code-block:: python\n\n((?:(?:    .*)?\n)+)", text, re.M):
         blocks.append("\n".join(line[4:] for line in m.group(1).splitlines()).strip() + "\n")

@@ -1,6 +1,6 @@
 """Security: other users of a shared pool, planted names, authentication, no TCP.
 
-The threat model (docs/threat-model.rst): bgtask protects a user's tasks from *other
+The threat model (README.rst, "Threat model"): bgtask protects a user's tasks from *other
 local users*. In a shared (1777) pool another user must not list, connect to, read,
 signal or delete my tasks, nor make my supervisor or my clients follow a symlink or
 overwrite a file by planting names; my token and socket are never readable or writable
