@@ -49,6 +49,7 @@ MAX_REPLY = 32 << 20
 #: bytes of stdin accepted but not yet delivered to the job, at most.
 STDIN_BUFFER = 1 << 20
 _PIPE_BIG = 1 << 20
+_FEED_CHUNK = 64 * 1024
 #: after the job exits, how long wait() waits for descendants holding the pipes.
 COLLECT_GRACE = 1.0
 
@@ -93,6 +94,7 @@ class _Stdin:
     def __init__(self) -> None:
         self.pending: deque[bytes] = deque()
         self.pending_bytes = 0
+        self.head_off = 0     # bytes of pending[0] already written to the pipe
         self.accepted = 0   # limit
         self.delivered = 0
         self.discarded = 0
@@ -194,6 +196,7 @@ class TaskState:
         st.discarded += st.pending_bytes
         st.pending.clear()
         st.pending_bytes = 0
+        st.head_off = 0
         st.closed = True
         _paths.write_job_record(self.startup.token_fd, None, None)
         if self.startup.lock_fd >= 0:
@@ -288,25 +291,30 @@ class TaskState:
                             self.changed.notify_all()
                         return
                     data = st.pending[0]
+                    off = st.head_off
                 try:
-                    n = os.write(fd, data)
+                    # At most 64 KiB per write: a blocking write of a whole 1 MiB chunk
+                    # would report nothing delivered until the job had read all of it.
+                    with memoryview(data) as view:
+                        n = os.write(fd, view[off:off + _FEED_CHUNK])
                 except OSError:
                     with self.lock:
                         if self.run is run:  # the job closed its stdin: nothing more goes in
                             st.discarded += st.pending_bytes
                             st.pending.clear()
                             st.pending_bytes = 0
+                            st.head_off = 0
                             st.closed = True
                             self.changed.notify_all()
                     return
                 with self.lock:
-                    if self.run is run and st.pending and st.pending[0] is data:
+                    if self.run is run and st.pending and st.pending[0] is data and st.head_off == off:
                         st.delivered += n
                         st.pending_bytes -= n
-                        if n == len(data):
+                        st.head_off += n
+                        if st.head_off == len(data):
                             st.pending.popleft()
-                        else:
-                            st.pending[0] = data[n:]
+                            st.head_off = 0
                         self.changed.notify_all()
         finally:
             os.close(fd)
