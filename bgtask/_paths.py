@@ -220,15 +220,20 @@ def orphan_token_pids(pool: str) -> list[int]:
     return pids
 
 
-def proc_start_time(pid: int) -> int | None:
-    """The start time of *pid* in clock ticks since boot (Linux), or None."""
+def _proc_stat(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after ``comm`` (state first), or [] if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
-        return None
+        return []
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(b")") + 2 :].split()
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The start time of *pid* in clock ticks since boot (Linux), or None."""
+    fields = _proc_stat(pid)
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -237,12 +242,7 @@ def proc_start_time(pid: int) -> int | None:
 
 def proc_state(pid: int) -> str | None:
     """The one-letter state of *pid* from /proc (``Z`` for a zombie), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
+    fields = _proc_stat(pid)
     return fields[0].decode() if fields else None
 
 

@@ -541,12 +541,7 @@ def _live_members(pgid: int) -> bool:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()
+        fields = _paths._proc_stat(int(name))
         if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
             return True
     return False
