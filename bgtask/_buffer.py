@@ -22,7 +22,7 @@ from bisect import bisect_right
 _COALESCE = 64 * 1024
 
 
-class Chunks(list):  # type: ignore[type-arg]
+class Chunks(list["bytes | memoryview"]):
     """Bytes held as pieces (``bytes`` or ``memoryview`` of ``bytes``): a read's data on
     its way to the socket, which the supervisor writes out piece by piece (``writev``)
     instead of joining them. Anything else that pickles it gets plain ``bytes``.

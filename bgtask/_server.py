@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 
 HANDSHAKE_TIMEOUT = 10.0
 #: the send buffer of a client's connection. Linux' default (~200 KiB) makes a 1 MiB
-#: reply take several sleep/wake rounds between supervisor and reader; a bigger buffer
-#: costs nothing while idle (it is a limit, filled only by bytes in flight).
+#: reply take several sleep/wake rounds between supervisor and reader: 4 MiB read 1 MiB
+#: ranges ~8% faster and followed a fast job ~30% faster. It costs nothing while idle
+#: (it is a limit, filled only by bytes in flight).
 SEND_BUFFER = 4 << 20
 #: how often the supervisor checks that its socket and token file are still in the pool.
 FILES_CHECK_INTERVAL = 2.0
