@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 
 import pytest
-from helpers import kill_all, processes_of_pool, wait_for
+from helpers import end_pool
 
 import bgtask
 
@@ -21,22 +20,7 @@ def pool_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     try:
         yield path
     finally:
-        leftovers = processes_of_pool(path)
-        if leftovers:
-            # Give supervisors that are exiting on their own (a delete in flight) a moment.
-            try:
-                wait_for(lambda: not processes_of_pool(path), timeout=3.0)
-                leftovers = []
-            except AssertionError:
-                leftovers = processes_of_pool(path)
-        if leftovers:
-            try:
-                for task in bgtask.TaskPool(path).search():
-                    task.delete(timeout=1.0)
-            except Exception:
-                pass
-            kill_all([pid for pid, _ in processes_of_pool(path)])
-        shutil.rmtree(path, ignore_errors=True)
+        leftovers = end_pool(path)
         if leftovers:
             pytest.fail(f"processes outlived the test: {leftovers}")
 

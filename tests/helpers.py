@@ -70,3 +70,29 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def end_pool(path: str) -> list[tuple[int, str]]:
+    """Tear down a test pool: end whatever of it is still alive and remove it.
+
+    :returns: the processes that outlived the test (after a 3 s grace for supervisors
+        exiting on their own), for the caller to fail on.
+    """
+    import shutil
+
+    import bgtask
+
+    leftovers: list[tuple[int, str]] = []
+    if processes_of_pool(path):
+        try:
+            wait_for(lambda: not processes_of_pool(path), timeout=3.0)
+        except AssertionError:
+            leftovers = processes_of_pool(path)
+            try:
+                for task in bgtask.TaskPool(path).search():
+                    task.delete(timeout=1.0)
+            except Exception:
+                pass
+            kill_all([pid for pid, _ in processes_of_pool(path)])
+    shutil.rmtree(path, ignore_errors=True)
+    return leftovers

@@ -23,7 +23,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import shutil
 import signal
 import socket
 import stat
@@ -35,7 +34,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import kill_all, pid_alive, processes_of_pool, wait_for
+from helpers import end_pool, pid_alive, wait_for
 
 import bgtask
 from bgtask import _paths, _protocol
@@ -172,19 +171,7 @@ def shared() -> Iterator[str]:
     try:
         yield path
     finally:
-        left = processes_of_pool(path)
-        if left:
-            try:
-                wait_for(lambda: not processes_of_pool(path), timeout=3.0)
-                left = []
-            except AssertionError:
-                try:
-                    for task in bgtask.TaskPool(path).search():
-                        task.delete(timeout=1.0)
-                except Exception:
-                    pass
-                kill_all([pid for pid, _ in processes_of_pool(path)])
-        shutil.rmtree(path, ignore_errors=True)
+        left = end_pool(path)
         if left:
             pytest.fail(f"processes outlived the test: {left}")
 
