@@ -334,10 +334,13 @@ class TaskPool:
             task = Task(pid, self)
             try:
                 task._load_info_once()
-            except _protocol.Refused:
+            except TaskNotFoundError:
+                # Refused -- or a supervisor that died while we were connecting (the
+                # connection was accepted, then reset). _sweep proves death itself (the
+                # socket must refuse, under the sweep lock) before removing anything.
                 _sweep(pool, pid)
                 return None
-            except (TaskNotFoundError, AccessDeniedError, TimeoutError):
+            except (AccessDeniedError, TimeoutError):
                 return None
             return task
 
@@ -453,6 +456,11 @@ def _sweep(pool: str, pid: int, force_if_silent: bool = False) -> bool:
             job_pid = job_start = None
         if job_pid and job_start:
             _stop_orphan(job_pid, job_start)
+        else:
+            # No job recorded: the supervisor died in the moment between starting its
+            # job and recording it (or after the job ended, leaving descendants). Its
+            # processes still carry its BGTASK_PID and BGTASK_POOL in their environment.
+            _stop_by_environment(pool, pid)
         try:
             if st is not None:
                 _paths.remove_if_mine(sock, st)
@@ -509,6 +517,49 @@ def _stop_orphan(job_pid: int, job_start: int) -> None:
             os.killpg(job_pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def _stop_by_environment(pool: str, pid: int) -> None:
+    """TERM (then KILL) our processes whose environment names supervisor *pid* of *pool*."""
+    needles = (f"BGTASK_PID={pid}".encode(), f"BGTASK_POOL={pool}".encode())
+    me, euid = os.getpid(), os.geteuid()
+    found: dict[int, int | None] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != euid:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if all(n in env for n in needles):
+            found[int(name)] = _paths.proc_start_time(int(name))
+    if not found:
+        return
+    for sig in (signal.SIGTERM, signal.SIGCONT):
+        for p in found:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+    deadline = time.monotonic() + 1.0
+    alive = dict(found)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = {p: t for p, t in alive.items()
+                 if _paths.proc_start_time(p) == t and _paths.proc_state(p) not in (None, "Z")}
+    for p, t in alive.items():
+        if _paths.proc_start_time(p) == t:  # still the same process: not a reused pid
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _orphan_group_is_ours(job_pid: int, job_start: int) -> bool:

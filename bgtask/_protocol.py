@@ -314,19 +314,39 @@ class Refused(TaskNotFoundError):
     """The socket exists but nobody listens: the supervisor is proven dead."""
 
 
-def _refuses(path: str) -> bool:
-    """Does the socket at *path* refuse connections (nobody listens: its owner is dead)?"""
-    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | getattr(_socket, "SOCK_CLOEXEC", 0))
-    try:
-        s.settimeout(2.0)
-        s.connect(path)
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return False
+def _refuses(path: str, patience: float = 2.0) -> bool:
+    """Does the socket at *path* refuse connections (nobody listens: its owner is dead)?
+
+    A supervisor that is exiting can still accept for a moment: its main thread is
+    already a zombie while another thread holds the listening socket. A live one always
+    speaks first (its authentication challenge), so a connection that is reset or closed
+    without a word is tried again, until it is refused or *patience* runs out.
+    """
+    import time
+
+    deadline = time.monotonic() + patience
+    while True:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | getattr(_socket, "SOCK_CLOEXEC", 0))
+        try:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                s.connect(path)
+            except ConnectionRefusedError:
+                return True
+            except OSError:
+                return False
+            try:
+                if s.recv(1):
+                    return False  # it spoke: alive
+            except ConnectionError:
+                pass  # reset without a word: going away
+            except OSError:
+                return False  # silent for the whole patience: alive but busy
+        finally:
+            s.close()
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> Connection:

@@ -689,3 +689,23 @@ def test_an_unwritable_pool_fails_spawn_cleanly_and_search_still_works(pool: bgt
         assert res["left"] == ["4000001.sock"], res
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_orphan_without_a_job_record_is_found_by_its_environment(pool: bgtask.TaskPool) -> None:
+    """A supervisor killed between starting its job and recording it leaves no job pid;
+    the sweep finds the orphan (and its children) by BGTASK_PID/BGTASK_POOL instead."""
+    from bgtask import _paths
+
+    task = pool.spawn(["sh", "-c", "sleep 60 & exec sleep 60"])
+    job = task.info()["child_pid"]
+    fd = os.open(_paths.token_path(str(pool.path), task.pid), os.O_RDWR)
+    try:
+        _paths.write_job_record(fd, None, None)  # as if it died before recording the job
+    finally:
+        os.close(fd)
+    os.kill(task.pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(task.pid), timeout=5)
+    assert pid_alive(job)
+    assert pool.search() == []
+    assert task_files(pool) == []
+    wait_for(lambda: not processes_of_pool(str(pool.path)), timeout=3)
