@@ -28,6 +28,7 @@ import os
 import pickle
 import select
 import struct
+import threading
 from collections import ChainMap
 from multiprocessing import connection as _mpc
 from multiprocessing.reduction import ForkingPickler as _ForkingPickler
@@ -310,6 +311,24 @@ def _set_timeouts(sock: Any, seconds: float, send: bool = True) -> None:
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, tv)
 
 
+def check_timeout(timeout: object) -> None:
+    """A timeout is None (no limit) or seconds: a finite number >= 0 that the
+    supervisor's waits can take (``Condition.wait`` overflows past
+    ``threading.TIMEOUT_MAX``; with NaN a wait loop would spin for ever). Both sides check
+    it: the client before anything is sent, the supervisor before anything is done
+    (``delete(nan)`` must not TERM the job and then fail).
+
+    :raises TypeError: not a number. :raises ValueError: negative, NaN, infinite or huge.
+    """
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if not 0 <= timeout <= threading.TIMEOUT_MAX:
+        raise ValueError(f"timeout must be a finite number of seconds >= 0 (or None: no limit), "
+                         f"not {timeout!r}")
+
+
 class Refused(TaskNotFoundError):
     """The socket exists but nobody listens: the supervisor is proven dead."""
 
@@ -470,4 +489,4 @@ def call(conn: Connection, pid: int, method: str, args: tuple[Any, ...], kwds: d
 
 
 __all__ = ["ANSWER_GRACE", "CONNECT_TIMEOUT", "EXPOSED", "STATE_IDENT", "Connection", "Refused",
-           "call", "encode_read_reply", "open_connection"]
+           "call", "check_timeout", "encode_read_reply", "open_connection"]

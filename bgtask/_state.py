@@ -28,6 +28,7 @@ from collections import deque
 from bgtask import _paths
 from bgtask._buffer import ByteBuffer, MessageBuffer
 from bgtask._errors import OutputGoneError, SpawnError, StreamClosedError, TaskLockedError
+from bgtask._protocol import check_timeout as _check_timeout
 from bgtask._supervisor import StartError, Startup, launch, take_lock
 
 # The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
@@ -646,20 +647,6 @@ class TaskState:
             self.exit_requested = True
             self.startup.remove_files()
             self.changed.notify_all()
-
-
-def _check_timeout(timeout: object) -> None:
-    """A timeout is None (no limit) or seconds: a finite number that the waits below can
-    take (``Condition.wait`` overflows past ``threading.TIMEOUT_MAX``; with NaN a wait
-    loop would spin for ever). Checked before anything is done: ``delete(nan)`` must not
-    TERM the job and then fail."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if not 0 <= timeout <= threading.TIMEOUT_MAX:
-        raise ValueError(f"timeout must be a finite number of seconds >= 0 (or None: no limit), "
-                         f"not {timeout!r}")
 
 
 def _check_stream(name: object) -> None:

@@ -8,11 +8,11 @@ offset rules (``start <= cursor <= limit``).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask import _codec
+from bgtask._protocol import check_timeout as _check_timeout
 
 if TYPE_CHECKING:
     from bgtask._task import Task
@@ -53,19 +53,6 @@ def _check_offset(name: str, value: object) -> None:
         raise TypeError(f"{name} must be an int offset, not {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, not {value}")
-
-
-def _check_timeout(timeout: object) -> None:
-    """None (no limit) or a finite number of seconds >= 0: NaN, infinity and values past
-    ``threading.TIMEOUT_MAX`` are refused here, before anything is sent (use None)."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError("timeout must not be negative")
-    if not timeout <= threading.TIMEOUT_MAX:  # also NaN: the supervisor's waits take no more
-        raise ValueError(f"timeout must be a finite number of seconds (or None: no limit), not {timeout!r}")
 
 
 class Stream:

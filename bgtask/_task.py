@@ -12,7 +12,8 @@ from typing import Any
 from bgtask import _codec, _paths, _protocol
 from bgtask._errors import BgTaskError, TaskNotFoundError
 from bgtask._pool import TaskPool, _sweep
-from bgtask._stream import Stream, _check_timeout, stream_name
+from bgtask._protocol import check_timeout as _check_timeout
+from bgtask._stream import Stream, stream_name
 
 
 def signal_number(sig: Any) -> int:
