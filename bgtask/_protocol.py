@@ -51,6 +51,7 @@ EXPOSED = (
     "restart",
     "stream_close",
     "stream_info",
+    "stream_putback",
     "stream_read",
     "stream_write",
     "wait",

@@ -109,9 +109,11 @@ class TaskServer(managers.Server):
 
     def serve_forever(self) -> None:
         _mp_process.current_process()._manager_server = self  # type: ignore[attr-defined]
+        # Which files are ours is settled before the first client is answered: a client
+        # may unlink the socket right after its first answer (the test suite does).
+        files = self._our_files()
         t = threading.Thread(target=self.accepter, name="accepter", daemon=True)
         t.start()
-        files = self._our_files()
         while not self.stop_event.is_set():
             self.stop_event.wait(FILES_CHECK_INTERVAL)
             if self._unreachable(files):
@@ -120,20 +122,24 @@ class TaskServer(managers.Server):
                 # delete() rather than keep a job running that nobody can reach.
                 _on_term(self.state, self)
 
-    def _our_files(self) -> list[tuple[str, tuple[int, int]]]:
+    def _our_files(self) -> list[tuple[str, tuple[int, int] | None]]:
+        """(path, (inode, device)) of our socket and token file; ``None``: already gone."""
         startup = self.state.startup
-        files = []
+        files: list[tuple[str, tuple[int, int] | None]] = []
+        st = os.fstat(startup.token_fd)
+        files.append((_paths.token_path(startup.pool, startup.pid), (st.st_ino, st.st_dev)))
+        sock = _paths.sock_path(startup.pool, startup.pid)
         try:
-            sock = _paths.sock_path(startup.pool, startup.pid)
             st = os.lstat(sock)
-            files.append((sock, (st.st_ino, st.st_dev)))
-            st = os.fstat(startup.token_fd)
-            files.append((_paths.token_path(startup.pool, startup.pid), (st.st_ino, st.st_dev)))
+        except FileNotFoundError:
+            files.append((sock, None))  # unlinked between spawn and here
         except OSError:
-            pass
+            pass  # cannot look (the pool was made unsearchable): no proof either way
+        else:
+            files.append((sock, (st.st_ino, st.st_dev)))
         return files
 
-    def _unreachable(self, files: list[tuple[str, tuple[int, int]]]) -> bool:
+    def _unreachable(self, files: list[tuple[str, tuple[int, int] | None]]) -> bool:
         state = self.state
         with state.lock:  # delete() removes the files under it: never mistake that for this
             if state.deleting or state.exit_requested:
@@ -146,7 +152,7 @@ class TaskServer(managers.Server):
                 except OSError:
                     continue  # cannot look (the pool was made unsearchable): no proof
                 else:
-                    if (st.st_ino, st.st_dev) == ident:
+                    if ident is not None and (st.st_ino, st.st_dev) == ident:
                         continue
                 state.deleting = True  # claimed: the supervisor is going away (no restart)
                 return True

@@ -461,6 +461,25 @@ class TaskState:
                     buf.unconsume(old_cursor, data, old_start)
                 self.changed.notify_all()
 
+    def stream_putback(self, name: str, blobs: list[bytes], consumed_end: int) -> bool:
+        """Return messages a client consumed but never handed on (``follow()`` left early).
+
+        They go back in front of the unread ones only if nothing was consumed since
+        (the read cursor is still *consumed_end*); otherwise putting them back would
+        reorder the stream, so they stay consumed. :returns: whether they went back.
+        """
+        _check_stream(name)
+        if name not in MESSAGE_STREAMS:
+            raise ValueError(f"only messages can be put back, not {name}")
+        if (not isinstance(blobs, list) or not all(type(b) is bytes for b in blobs)
+                or not isinstance(consumed_end, int) or isinstance(consumed_end, bool)):
+            raise TypeError("stream_putback takes a list of bytes and an int offset")
+        with self.lock:
+            back = self.msgs[name].unconsume(blobs, consumed_end)
+            if back:
+                self.changed.notify_all()
+            return back
+
     def reply_sent(self, rb: Any) -> None:
         """The reply of a consuming read is out: its bytes no longer count as held."""
         name, old_cursor, _data, nxt, _old_start = rb

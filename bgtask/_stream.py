@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask import _codec
+from bgtask._errors import BgTaskError
 from bgtask._protocol import check_timeout as _check_timeout
 
 if TYPE_CHECKING:
@@ -154,25 +155,53 @@ class Stream:
         """Yield output until the end of the stream: bytes chunks, or single messages.
 
         ``follow()`` consumes like ``read()``; ``follow(start)`` reads from *start*
-        without consuming.
+        without consuming. Arguments are checked here, not at the first ``next()``.
+
+        A consuming ``follow()`` of messages fetches them in batches; if the loop stops
+        early (``break``, an exception, the iterator closed), the messages of the batch
+        it never yielded are put back in front of the unread ones, so the next reader
+        gets them -- unless another client consumed from the stream in the meantime
+        (putting them back would then reorder it).
+
+        :raises ValueError: following stdin.
         """
         if self._name == "stdin":
             raise ValueError("stdin cannot be followed: it is written by clients")
         _check_offset("start", start)
-        pos = start
+        return self._follow(start)
+
+    def _follow(self, pos: int | None) -> Iterator[Any]:
+        consume = pos is None
         while True:
-            _p, nxt, data, _limit, eof = self._read_once(pos, None, pos is None, FOLLOW_SLICE,
+            _p, nxt, data, _limit, eof = self._read_once(pos, None, consume, FOLLOW_SLICE,
                                                          FOLLOW_CHUNK)
             if pos is not None:
                 pos = nxt
             if data:
-                if self.is_messages:
+                if not self.is_messages:
+                    yield data
+                elif not consume:
                     for blob in data:
                         yield _codec.decode(blob)
                 else:
-                    yield data
+                    yield from self._hand_on(data, nxt)
             elif eof:
                 return
+
+    def _hand_on(self, blobs: list[bytes], consumed_end: int) -> Iterator[Any]:
+        """Yield consumed messages; put back the ones never yielded if the loop stops."""
+        done = 0
+        try:
+            for blob in blobs:
+                obj = _codec.decode(blob)
+                done += 1
+                yield obj
+        finally:
+            if done < len(blobs):
+                try:
+                    self._task._call("stream_putback", self._name, blobs[done:], consumed_end)
+                except (BgTaskError, OSError):
+                    pass  # the supervisor is gone, and the messages with it
 
     def __iter__(self) -> Iterator[Any]:
         return self.follow()

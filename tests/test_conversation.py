@@ -311,6 +311,80 @@ for i in range(10):
 
 
 @pytest.mark.timeout(30)
+def test_a_consuming_follow_left_early_puts_back_what_it_did_not_yield(pool: bgtask.TaskPool) -> None:
+    """follow() fetches messages in batches: leaving the loop must not lose the rest."""
+    task = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
+                     "for i in range(20): d.write(i)")
+    try:
+        assert task.wait(10) == 0
+        data = task.stream("data")
+        for msg in data.follow():                      # one batch holds all 20
+            if msg == 4:
+                break
+        assert data.start == 5                         # 0..4 were handed on, 5.. went back
+        it = data.follow()
+        assert [next(it), next(it)] == [5, 6]
+        it.close()                                     # an explicit close puts back too
+        assert data.read(7, 9) == [7, 8]               # still held: not consumed
+        with pytest.raises(ZeroDivisionError):
+            for msg in data.follow():
+                if msg == 9:
+                    raise ZeroDivisionError("an error in the loop body")
+        assert data.read() == list(range(10, 20))
+        assert data.start == data.limit == 20
+    finally:
+        task.delete()
+
+
+@pytest.mark.timeout(30)
+def test_put_back_never_reorders_when_another_reader_consumed_meanwhile(pool: bgtask.TaskPool) -> None:
+    task = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
+                     "for i in range(10): d.write(i)")
+    try:
+        assert task.wait(10) == 0
+        it = task.stream("data").follow()
+        assert next(it) == 0                           # the batch 0..9 is consumed
+        other = bgtask.Task(task.pid, pool)            # another handle: its own connection
+        assert other.stream("data").read() == []       # nothing unread for it...
+        task.stream("control").write("x")              # (a write does not move the cursor)
+        it.close()                                     # ...so 1..9 go back in front
+        assert other.stream("data").read() == list(range(1, 10))
+        # Now a second reader consumes before the first gives back: no put-back, no
+        # reordering, no message seen twice.
+        task2 = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
+                          "import sys\nfor i in range(3): d.write(i)\nsys.stdin.read()\n"
+                          "for i in range(3, 6): d.write(i)")
+        try:
+            data2 = task2.stream("data")
+            wait_for(lambda: data2.limit == 3)
+            it = data2.follow()
+            assert next(it) == 0                       # 0..2 consumed by the iterator
+            task2.stream("stdin").close()
+            wait_for(lambda: data2.limit == 6)
+            assert bgtask.Task(task2.pid, pool).stream("data").read() == [3, 4, 5]
+            it.close()                                 # 1, 2 cannot go back in order
+            assert data2.start == data2.limit == 6
+            assert data2.read() == []
+        finally:
+            task2.delete()
+    finally:
+        task.delete()
+
+
+def test_follow_checks_its_arguments_at_once(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(["true"])
+    try:
+        with pytest.raises(ValueError, match="stdin"):
+            task.stream("stdin").follow()              # not at the first next()
+        with pytest.raises(ValueError):
+            task.stream("data").follow(-1)
+        with pytest.raises(TypeError):
+            task.stream("stdout").follow("0")  # type: ignore[arg-type]
+    finally:
+        task.delete()
+
+
+@pytest.mark.timeout(30)
 def test_control_messages_from_several_client_processes(pool: bgtask.TaskPool) -> None:
     # Messages of classes importable on both sides; each writer's order is kept.
     code = r"""
