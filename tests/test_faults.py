@@ -648,6 +648,15 @@ def test_task_file_removed_under_a_running_task(pool: bgtask.TaskPool, suffix: s
     assert task_files(pool) == []
 
 
+def test_socket_removed_before_the_supervisor_serves(pool: bgtask.TaskPool) -> None:
+    """spawn() returns before the supervisor's server runs: a socket unlinked in that
+    moment must be noticed too (the fixture checks that the job went with it)."""
+    task = pool.spawn(["sleep", "60"])
+    os.unlink(pool.path / f"{task.pid}.sock")
+    wait_for(lambda: not pid_alive(task.pid), timeout=10)
+    wait_for(lambda: task_files(pool) == [], timeout=5)
+
+
 def test_an_unwritable_pool_fails_spawn_cleanly_and_search_still_works(pool: bgtask.TaskPool) -> None:
     """As another user (root ignores modes): the owner made the pool read-only."""
     if os.geteuid() != 0:
