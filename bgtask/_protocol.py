@@ -94,6 +94,9 @@ class Connection(_mpc.Connection):
     """
 
     owner_pid: int = 0
+    #: the token of the supervisor this connection authenticated with: it tells one
+    #: supervisor from a later one that got the same pid (see ``Task._conn``).
+    token: bytes = b""
     _poller: Any = None
     _rcvtimeo = 0.0  # the socket's SO_RCVTIMEO, as last set (0: none)
     #: the peer sends nothing after a message until it is answered (a client's
@@ -446,6 +449,7 @@ def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> Co
         conn.close()
         raise
     conn.owner_pid = os.getpid()
+    conn.token = token
     conn.read_ahead = True
     return conn
 

@@ -46,6 +46,9 @@ class Task:
 
     Connections are made on first use, one per thread (and per process: a handle used
     after ``os.fork()`` reconnects in the child, never sharing the parent's socket).
+    The first connection binds the handle to that supervisor: if it ends and a later
+    task of the pool gets the same pid, this handle raises :exc:`TaskNotFoundError`
+    instead of steering the newcomer (a new ``Task(pid)`` reaches the newcomer).
 
     :raises TypeError: *pid* is not an int. :raises ValueError: *pid* is not positive.
     """
@@ -66,6 +69,9 @@ class Task:
         self._conns: weakref.WeakSet[_protocol.Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
+        #: the token of the supervisor this handle first reached. pids are reused: once
+        #: bound, the handle refuses a later supervisor that got the same pid.
+        self._token: bytes | None = None
 
     @property
     def pid(self) -> int:
@@ -115,10 +121,27 @@ class Task:
         except _protocol.Refused as exc:
             _sweep(str(self._pool.path), self._pid)
             raise TaskNotFoundError(str(exc), self._pid) from None
+        self._bind(conn)
         self._local.conn = conn
         with self._conns_lock:
             self._conns.add(conn)
         return conn
+
+    def _bind(self, conn: _protocol.Connection) -> None:
+        """Tie this handle to the supervisor behind *conn*, or refuse a different one.
+
+        :raises TaskNotFoundError: the supervisor this handle knew is gone and its pid
+            now belongs to another task.
+        """
+        with self._conns_lock:
+            if self._token is None:
+                self._token = conn.token
+                return
+            if conn.token == self._token:
+                return
+        conn.close()
+        raise TaskNotFoundError(f"task {self._pid} is gone: its pid now belongs to a newer task "
+                                f"(use bgtask.Task({self._pid}) for that one)", self._pid)
 
     def _forget_inherited(self) -> None:
         # After fork: the parent's connections are not ours to use. Closing our copies of
@@ -205,6 +228,7 @@ class Task:
         """Fetch info on a throw-away connection (search: many tasks, worker threads)."""
         conn = _protocol.open_connection(str(self._pool.path), self._pid)
         try:
+            self._bind(conn)
             raw = _protocol.call(conn, self._pid, "info", (), {}, 0.0)
         finally:
             conn.close()

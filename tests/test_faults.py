@@ -506,6 +506,47 @@ def test_reused_pid_with_stale_files_is_never_taken_for_a_supervisor(
     assert stranger.poll() is None and job_stranger.poll() is None  # neither was signalled
 
 
+def _spawn_at_pid(pool: bgtask.TaskPool, want: int, argv: list[str]) -> bgtask.Task | None:
+    """Spawn so that the supervisor gets pid *want* (root may set ``ns_last_pid``), or
+    None when that is not allowed here or other processes keep winning the race.
+    spawn() forks the boot process, which forks the supervisor: hence ``want - 2``."""
+    for _ in range(30):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(want - 2))
+        except OSError:
+            return None
+        task = pool.spawn(argv)
+        if task.pid == want:
+            return task
+        task.delete()
+    return None
+
+
+def test_a_handle_never_steers_a_newer_task_that_got_the_same_pid(pool: bgtask.TaskPool) -> None:
+    old = pool.spawn(["sleep", "60"])
+    pid = old.pid
+    handle = bgtask.Task(pid, pool)
+    handle.info()                                      # bound to this supervisor
+    old.delete()
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"))  # reaped: the pid is free
+    new = _spawn_at_pid(pool, pid, ["sleep", "61"])
+    if new is None:
+        pytest.skip("cannot steer pid allocation here (needs root and ns_last_pid)")
+    try:
+        with pytest.raises(bgtask.TaskNotFoundError):
+            handle.info(fresh=True)                    # its old connection is closed
+        for _ in range(2):
+            with pytest.raises(bgtask.TaskNotFoundError, match="newer task"):
+                handle.info(fresh=True)                # a new one reaches the newcomer
+        with pytest.raises(bgtask.TaskNotFoundError, match="newer task"):
+            handle.kill()
+        assert new.info()["status"]["running"]         # untouched
+        assert bgtask.Task(pid, pool).info()["argv"] == ["sleep", "61"]
+    finally:
+        new.delete()
+
+
 def test_stale_files_of_every_kind_are_swept_and_only_those(
         pool: bgtask.TaskPool, sleeper: Callable[[], subprocess.Popen[bytes]]) -> None:
     p = str(pool.path)
