@@ -8,6 +8,7 @@ offset rules (``start <= cursor <= limit``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -191,13 +192,16 @@ class Stream:
     def _hand_on(self, blobs: list[bytes], consumed_end: int) -> Iterator[Any]:
         """Yield consumed messages; put back the ones never yielded if the loop stops."""
         done = 0
+        reader = os.getpid()
         try:
             for blob in blobs:
                 obj = _codec.decode(blob)
                 done += 1
                 yield obj
         finally:
-            if done < len(blobs):
+            # A forked child that drops its copy of the iterator must not put back what
+            # the parent is still yielding.
+            if done < len(blobs) and os.getpid() == reader:
                 try:
                     self._task._call("stream_putback", self._name, blobs[done:], consumed_end)
                 except (BgTaskError, OSError):

@@ -371,6 +371,29 @@ def test_put_back_never_reorders_when_another_reader_consumed_meanwhile(pool: bg
         task.delete()
 
 
+@pytest.mark.timeout(30)
+def test_a_forked_child_closing_its_copy_of_a_follow_puts_nothing_back(pool: bgtask.TaskPool) -> None:
+    task = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
+                     "for i in range(10): d.write(i)")
+    try:
+        assert task.wait(10) == 0
+        data = task.stream("data")
+        it = data.follow()
+        got = [next(it)]
+        child = os.fork()
+        if child == 0:
+            try:
+                it.close()  # the child's copy: 1..9 are the parent's to yield
+            finally:
+                os._exit(0)
+        assert os.waitpid(child, 0)[1] == 0
+        got.extend(it)
+        assert got == list(range(10))
+        assert data.read() == [] and data.start == 10  # nothing came back twice
+    finally:
+        task.delete()
+
+
 def test_follow_checks_its_arguments_at_once(pool: bgtask.TaskPool) -> None:
     task = pool.spawn(["true"])
     try:
