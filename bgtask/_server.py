@@ -52,6 +52,8 @@ HANDSHAKE_TIMEOUT = 10.0
 SEND_BUFFER = 4 << 20
 #: how often the supervisor checks that its socket and token file are still in the pool.
 FILES_CHECK_INTERVAL = 2.0
+#: the kind of a reply that is already a whole pickled message (never on the wire).
+_ENCODED = "#ENCODED"
 _PASSED_ERRORS = (BgTaskError, ValueError, TypeError, TimeoutError, LookupError, AttributeError)
 
 
@@ -238,7 +240,9 @@ class TaskServer(managers.Server):
 
         def send(msg: tuple[str, Any]) -> None:
             kind, result = msg
-            if type(result) is tuple and len(result) == 5 and type(result[2]) is Chunks:
+            if kind is _ENCODED:
+                conn.send_parts([result])  # a whole reply, already pickled
+            elif type(result) is tuple and len(result) == 5 and type(result[2]) is Chunks:
                 # A byte read: its chunks go to the socket as they are (never joined).
                 pos, nxt, data, limit, eof = result
                 conn.send_parts(encode_read_reply(pos, nxt, data, data.nbytes, limit, bool(eof)))
@@ -260,7 +264,10 @@ class TaskServer(managers.Server):
                         raise AttributeError(f"{methodname!r} is not a method of a bgtask task")
                     if ident != STATE_IDENT:
                         raise LookupError(f"no object {ident!r} in this supervisor")
-                    msg = ("#RETURN", getattr(state, methodname)(*args, **kwds))
+                    if methodname == "info" and not args and not kwds:
+                        msg = (_ENCODED, state.info_reply())  # cached while nothing changes
+                    else:
+                        msg = ("#RETURN", getattr(state, methodname)(*args, **kwds))
                     # Only the thread that answers delete() ends the process, after its
                     # answer is sent: another client's thread finishing a call meanwhile
                     # must not cut that answer off (delete() would see the supervisor

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 PY = sys.executable
+#: the checkout holding the package under test (for jobs that ``import bgtask``).
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def py(code: str) -> list[str]:

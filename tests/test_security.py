@@ -417,6 +417,10 @@ def test_a_wrong_authkey_is_refused_and_the_supervisor_still_serves(pool: bgtask
         conn.send((_protocol.STATE_IDENT, "stream_info", ("stdout",), {}))
         kind, result = conn.recv()
         assert kind == "#RETURN" and result["limit"] == 0
+        for _ in range(2):  # the encoded (and then cached) info reply reads as a dict
+            conn.send((_protocol.STATE_IDENT, "info", (), {}))
+            kind, result = conn.recv()
+            assert kind == "#RETURN" and result["pid"] == task.pid and result["status"]["running"]
         conn.close()
     finally:
         task.delete()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import pid_alive, py, wait_for
+from helpers import REPO, pid_alive, py, wait_for
 
 import bgtask
 
@@ -221,6 +221,65 @@ def test_info_is_cached_until_fresh(pool: bgtask.TaskPool) -> None:
         fresh = task.info(fresh=True)
         assert fresh["status"]["running"] is False
         assert task.info() is fresh
+    finally:
+        task.delete()
+
+
+@pytest.mark.timeout(30)
+def test_info_is_never_stale_in_the_supervisor(pool: bgtask.TaskPool) -> None:
+    """The supervisor keeps its encoded info reply while nothing changes: every kind of
+    change must show in the very next info(fresh=True)."""
+    code = ("import sys, bgtask\n"
+            "me = bgtask.current()\n"
+            "for line in sys.stdin:\n"
+            "    w = line.strip()\n"
+            "    if w == 'out': print('x', flush=True)\n"
+            "    elif w == 'err': print('e', file=sys.stderr, flush=True)\n"
+            "    elif w == 'data': me.stream('data').write(1)\n"
+            "    elif w == 'exit': sys.exit(3)\n")
+    task = pool.spawn(py(code), env={"PYTHONPATH": REPO})
+
+    def info() -> dict:
+        first, second = task.info(fresh=True), task.info(fresh=True)
+        assert first == second  # nothing changed in between: the same answer
+        return first
+
+    def stream(name: str) -> dict:
+        return info()["streams"][name]
+
+    try:
+        stdin = task.stream("stdin")
+        assert stream("stdout")["limit"] == 0
+        stdin.write("out\n")
+        wait_for(lambda: stream("stdout")["limit"] == 2)   # output arrived (the pump)
+        assert stream("stdin")["delivered"] == 4              # the feeder
+        stdin.write("err\n")
+        wait_for(lambda: stream("stderr")["limit"] == 2)
+        assert task.apply_meta(k=1) and info()["meta"] == {"k": 1}
+        assert task.stream("stdout").read() == b"x\n"
+        assert stream("stdout")["unread"] == 0 and stream("stdout")["cursor"] == 2
+        task.pause()
+        assert info()["status"]["paused"] is True
+        task.resume()
+        assert info()["status"]["paused"] is False
+        stdin.write("data\n")
+        wait_for(lambda: stream("data")["limit"] == 1)
+        task.stream("control").write("c")
+        assert stream("control")["limit"] == 1
+        assert task.stream("control").read() == ["c"]
+        assert stream("control")["unread"] == 0
+        stdin.write("exit\n")
+        assert task.wait(10) == 3
+        i = info()
+        assert i["status"]["returncode"] == 3 and i["child_pid"] is None and i["ended_at"]
+        assert i["streams"]["stdin"]["eof"] is True
+        assert task.restart() is True
+        i = info()
+        assert i["restarts"] == 1 and i["status"]["running"] and i["ended_at"] is None
+        stdin = task.stream("stdin")
+        stdin.close()
+        wait_for(lambda: not info()["status"]["running"])  # EOF on stdin ends the job
+        assert info()["status"]["returncode"] == 0
     finally:
         task.delete()
 
