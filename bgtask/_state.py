@@ -548,19 +548,25 @@ class TaskState:
         """Append *data*; returns the stream's new limit.
 
         stdin: blocks while the stdin buffer is full (``TimeoutError`` after *timeout*).
-        data/control: one message blob.
+        data/control: one message blob, or a list of them (``Stream.write_many``),
+        appended together: no other writer's message comes between them.
         """
         _check_stream(name)
         if name in BYTE_STREAMS:
             raise ValueError(f"{name} cannot be written: it is the job's output")
-        if not isinstance(data, bytes):
+        if name in MESSAGE_STREAMS and type(data) is list:
+            if not all(type(b) is bytes for b in data):
+                raise TypeError("stream_write takes a message blob (bytes) or a list of them")
+        elif not isinstance(data, bytes):
             raise TypeError(f"stream_write takes bytes, not {type(data).__name__}")
         _check_timeout(timeout)
         with self.lock:
             if name in MESSAGE_STREAMS:
-                self.msgs[name].append(data)
+                buf = self.msgs[name]
+                for blob in (data if type(data) is list else (data,)):
+                    buf.append(blob)
                 self.changed.notify_all()
-                return self.msgs[name].limit
+                return buf.limit
             st = self.stdin
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:

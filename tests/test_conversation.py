@@ -714,6 +714,57 @@ assert me.stream("control").read(timeout=60) == ["done"]
         task.delete()
 
 
+@pytest.mark.timeout(60)
+def test_write_many_both_ways_in_order_and_batched(pool: bgtask.TaskPool) -> None:
+    n = 100_000
+    code = f"""
+import bgtask
+me = bgtask.current()
+got = []
+while len(got) < {n} + 20:
+    got += me.stream("control").read(timeout=30)
+assert got[:{n}] == list(range({n})), "control out of order"
+assert [len(b) for b in got[{n}:]] == [1 << 20] * 20
+me.stream("data").write_many(i * i for i in range({n}))   # any iterable
+"""
+    task = job(pool, code)
+    try:
+        control = task.stream("control")
+        assert control.write_many(range(n)) == n
+        big = [bytes([i]) * (1 << 20) for i in range(20)]   # 20 MiB: more than one call
+        assert control.write_many(big) == n + 20
+        assert task.wait(timeout=30) == 0, task.stream("stderr").read()
+        data = task.stream("data")
+        assert data.read() == [i * i for i in range(n)]
+        assert control.write_many([]) == n + 20             # nothing to send
+    finally:
+        task.delete()
+
+
+def test_write_many_refuses_before_anything_is_sent(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(["sleep", "30"])
+    try:
+        control = task.stream("control")
+        with pytest.raises(TypeError, match="message 2 of type generator"):
+            control.write_many([1, 2, (i for i in ()), 4])   # a generator: dill cannot
+        assert control.limit == 0                             # not even the first two
+        with pytest.raises(TypeError):
+            control.write_many("abc")                         # a str is one message, not three
+        with pytest.raises(TypeError):
+            control.write_many(5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="messages"):
+            task.stream("stdin").write_many([b"x"])
+        with pytest.raises(ValueError):
+            task.stream("stdout").write_many([b"x"])
+        with pytest.raises(TypeError):                        # raw: a list of non-blobs
+            task.call_remote_method("stream_write", "control", ["x"])
+        with pytest.raises(TypeError):                        # raw: a list is for messages
+            task.call_remote_method("stream_write", "stdin", [b"x"])
+        assert control.limit == 0
+    finally:
+        task.delete()
+
+
 # -- 4. restart keeps the conversation ---------------------------------------------------------------
 
 @pytest.mark.timeout(30)
