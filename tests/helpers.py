@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -98,3 +99,45 @@ def end_pool(path: str) -> list[tuple[int, str]]:
             kill_all([pid for pid, _ in processes_of_pool(path)])
     shutil.rmtree(path, ignore_errors=True)
     return leftovers
+
+def fork() -> int:
+    """``os.fork()`` without the 3.12+ warning about forking a threaded process (the
+    tests fork on purpose; pytest turns warnings into errors)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def start_in_child(body: Callable[[], bytes]) -> tuple[int, int]:
+    """Run *body* in a forked child that never returns into pytest.
+
+    :returns: ``(pid, fd)``: pass them to :func:`child_result` once the parent's part
+        is done (the child runs concurrently).
+    """
+    r, w = os.pipe()
+    pid = fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            os.write(w, body())
+            code = 0
+        except BaseException as exc:  # report, never return into pytest
+            os.write(w, repr(exc).encode()[:500])
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def child_result(pid: int, fd: int) -> tuple[int, bytes]:
+    """The exit code of a :func:`start_in_child` child and what it wrote (its body's
+    bytes, or the repr of what it raised)."""
+    report = b""
+    while True:
+        part = os.read(fd, 4096)
+        if not part:
+            break
+        report += part
+    os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), report

@@ -19,7 +19,7 @@ from typing import Any
 
 import dill
 import pytest
-from helpers import PY, py, wait_for
+from helpers import PY, child_result, py, start_in_child, wait_for
 
 import bgtask
 
@@ -380,13 +380,12 @@ def test_a_forked_child_closing_its_copy_of_a_follow_puts_nothing_back(pool: bgt
         data = task.stream("data")
         it = data.follow()
         got = [next(it)]
-        child = os.fork()
-        if child == 0:
-            try:
-                it.close()  # the child's copy: 1..9 are the parent's to yield
-            finally:
-                os._exit(0)
-        assert os.waitpid(child, 0)[1] == 0
+
+        def in_child() -> bytes:
+            it.close()  # the child's copy: 1..9 are the parent's to yield
+            return b"closed"
+
+        assert child_result(*start_in_child(in_child)) == (0, b"closed")
         got.extend(it)
         assert got == list(range(10))
         assert data.read() == [] and data.start == 10  # nothing came back twice

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import pid_alive, processes_of_pool, py, wait_for
-from test_security import _fork, run_as
+from helpers import fork, pid_alive, processes_of_pool, py, wait_for
+from test_security import run_as
 
 import bgtask
 from bgtask import _paths
@@ -622,7 +622,7 @@ def test_a_new_supervisor_replaces_stale_files_under_its_own_pid(pool: bgtask.Ta
     cfg = pool._spawn_config(["sleep", "60"], None, None, {"who": "new"}, 0, 1 << 20, "block",
                              False, None)
     r, w = os.pipe()
-    child = _fork()
+    child = fork()
     if child == 0:  # pragma: no cover -- the child becomes a supervisor and never returns
         try:
             os.close(w)

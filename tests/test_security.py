@@ -29,12 +29,11 @@ import stat
 import struct
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import end_pool, pid_alive, wait_for
+from helpers import end_pool, fork, pid_alive, wait_for
 
 import bgtask
 from bgtask import _paths, _protocol
@@ -48,12 +47,6 @@ OTHER = 65534  # nobody
 
 
 # -- other users ---------------------------------------------------------------------------------
-
-def _fork() -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        return os.fork()
-
 
 def _become(uid: int) -> None:
     os.setgroups([])
@@ -85,7 +78,7 @@ def run_as(uid: int, code: str, *args: str) -> str:
     """
     _preload()
     r, w = os.pipe()
-    pid = _fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover -- the child
         status = 0
         try:
@@ -129,7 +122,7 @@ class UserTask:
         cfg = bgtask.TaskPool(pool)._spawn_config(argv, None, "/", {"who": "other"}, 0, 1 << 20,
                                                   "block", False, None)
         r, w = os.pipe()
-        pid = _fork()
+        pid = fork()
         if pid == 0:  # pragma: no cover -- the child: never returns
             try:
                 os.close(r)

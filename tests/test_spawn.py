@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import pid_alive, py, wait_for
+from helpers import fork, pid_alive, py, wait_for
 
 import bgtask
 
@@ -385,7 +385,7 @@ def test_lock_names_are_per_user(pool: bgtask.TaskPool) -> None:
     mine = pool.spawn(["sleep", "30"], lock="nightly")
     go_r, go_w = os.pipe()
     ready_r, ready_w = os.pipe()
-    child = os.fork()
+    child = fork()
     if child == 0:  # the other user: takes "nightly" the way its supervisor would
         code = 1
         try:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, pid_alive, py, wait_for
+from helpers import REPO, child_result, pid_alive, py, start_in_child, wait_for
 
 import bgtask
 
@@ -879,35 +879,19 @@ def test_a_task_used_in_a_forked_child_reconnects(pool: bgtask.TaskPool) -> None
     try:
         assert task.info(fresh=True)["pid"] == task.pid  # the parent is connected
         parent_sockets = _socket_inodes()
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                os.close(r)
-                for _ in range(200):  # concurrently with the parent below
-                    assert task.info(fresh=True)["meta"]["name"] == "fork"
-                    assert isinstance(task.stream("stdout").read(0, 10), bytes)
-                mine = _socket_inodes()
-                os.write(w, json.dumps(sorted(mine & parent_sockets)).encode())
-                code = 0
-            except BaseException as exc:  # report, never return into pytest
-                os.write(w, repr(exc).encode()[:500])
-            finally:
-                os._exit(code)
-        os.close(w)
+
+        def in_child() -> bytes:
+            for _ in range(200):  # concurrently with the parent below
+                assert task.info(fresh=True)["meta"]["name"] == "fork"
+                assert isinstance(task.stream("stdout").read(0, 10), bytes)
+            return json.dumps(sorted(_socket_inodes() & parent_sockets)).encode()
+
+        child = start_in_child(in_child)
         for _ in range(200):
             assert task.info(fresh=True)["meta"]["name"] == "fork"
             assert task.stream("stderr").limit == 0
-        report = b""
-        while True:
-            part = os.read(r, 4096)
-            if not part:
-                break
-            report += part
-        os.close(r)
-        _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, report
+        code, report = child_result(*child)
+        assert code == 0, report
         # The child's inherited copy of our socket is closed or unused: the sockets it used
         # were its own. (It may still hold inherited fds; what it must not do is talk on
         # them -- checked by 400 interleaved calls above that never got a wrong reply.)
@@ -924,26 +908,15 @@ def test_forked_child_does_not_reuse_the_parents_connection(pool: bgtask.TaskPoo
         task.connect()
         conn = task._local.conn  # white-box: the parent's connection
         parent_inode = os.fstat(conn.fileno()).st_ino
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                os.close(r)
-                task.info(fresh=True)
-                used = task._local.conn
-                ok = (used is not conn and os.fstat(used.fileno()).st_ino != parent_inode
-                      and used.owner_pid == os.getpid())
-                os.write(w, b"ok" if ok else b"shared")
-                code = 0
-            except BaseException as exc:
-                os.write(w, repr(exc).encode()[:500])
-            finally:
-                os._exit(code)
-        os.close(w)
-        answer = os.read(r, 600)
-        os.close(r)
-        os.waitpid(child, 0)
+
+        def in_child() -> bytes:
+            task.info(fresh=True)
+            used = task._local.conn
+            ok = (used is not conn and os.fstat(used.fileno()).st_ino != parent_inode
+                  and used.owner_pid == os.getpid())
+            return b"ok" if ok else b"shared"
+
+        _code, answer = child_result(*start_in_child(in_child))
         assert answer == b"ok", answer
         assert task._local.conn is conn, "the parent keeps its connection"
         assert task.info(fresh=True)["pid"] == task.pid
