@@ -20,6 +20,17 @@ def py(code: str) -> list[str]:
     return [PY, "-c", code]
 
 
+class Point:
+    """A class importable both here and in jobs and clients that have ``tests`` on their
+    path: dill pickles its instances by reference (``helpers.Point``)."""
+
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (other.x, other.y) == (self.x, self.y)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
     """Poll *predicate* until it returns something true; fail after *timeout*."""
     deadline = time.monotonic() + timeout

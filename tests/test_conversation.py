@@ -19,16 +19,14 @@ from typing import Any
 
 import dill
 import pytest
-from helpers import PY, child_result, py, start_in_child, wait_for
+from helpers import PY, REPO, Point, child_result, py, start_in_child, wait_for
 
 import bgtask
 
-#: the checkout holding the package under test: jobs and client processes import it.
-REPO = str(Path(bgtask.__file__).resolve().parent.parent)
 #: added to a job's environment, so that ``import bgtask`` works inside it.
 JOB_ENV = {"PYTHONPATH": REPO}
-#: for jobs that decode objects of this module (``Point``, a lambda written here): dill
-#: pickles them by reference to the module, which must then be importable in the job.
+#: for jobs that decode objects of the tests' modules (``helpers.Point``, a lambda written
+#: here): dill pickles them by reference to the module, which must be importable there.
 SHARED_ENV = {"PYTHONPATH": os.pathsep.join([REPO, str(Path(__file__).resolve().parent)])}
 DOC = Path(REPO) / "README.rst"
 
@@ -207,16 +205,6 @@ while True:
 
 
 # -- 2. message streams ------------------------------------------------------------------------------
-
-class Point:
-    """A class of this test module: importable here and in the job (same PYTHONPATH)."""
-
-    def __init__(self, x: int, y: int) -> None:
-        self.x, self.y = x, y
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Point) and (other.x, other.y) == (self.x, self.y)
-
 
 @pytest.mark.timeout(30)
 def test_message_offsets_peek_consume_and_gone(pool: bgtask.TaskPool) -> None:
@@ -428,7 +416,7 @@ me.stream("data").write(got)
             assert p.wait(timeout=20) == 0
         assert task.wait(timeout=10) == 0, task.stream("stderr").read()
         [got] = task.stream("data").read()
-        assert got[0] == Point(1, 2) and type(got[0]).__module__ == __name__
+        assert got[0] == Point(1, 2) and type(got[0]) is Point  # the class, not a placeholder
         for name in ("A", "B"):
             assert [m for m in got[1:] if m[0] == name] == [(name, i) for i in range(50)]
     finally:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fork, pid_alive, py, wait_for
+from helpers import Point, fork, pid_alive, py, wait_for
 
 import bgtask
 
@@ -223,14 +223,6 @@ def test_relative_cwd_is_taken_from_the_callers_cwd(pool: bgtask.TaskPool, tmp_p
 
 
 # -- meta ----------------------------------------------------------------------------------------
-
-class Point:
-    def __init__(self, x: int, y: int) -> None:
-        self.x, self.y = x, y
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Point) and (other.x, other.y) == (self.x, self.y)
-
 
 def test_meta_values_of_any_dillable_kind(pool: bgtask.TaskPool) -> None:
     meta = {"name": "Hello World", "n": 3, "nested": {"a": [1, 2, (3, 4)], "s": {5}}, "raw": b"\0\xff",
