@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from bgtask._protocol import MESSAGE_STREAMS, OUTPUT_STREAMS
+
 if TYPE_CHECKING:
     from bgtask._pool import TaskPool
     from bgtask._task import Task
 
-BYTE_STREAMS = ("stdout", "stderr", "stdin")
-MESSAGE_STREAMS = ("data", "control")
 #: the widest a NAME column gets in a table; longer names are cut.
 NAME_WIDTH = 24
 #: the narrowest a COMMAND column gets, however narrow the terminal.
@@ -125,7 +125,7 @@ def runtime(info: dict[str, Any], now: float | None = None) -> float | None:
 
 def unread_bytes(info: dict[str, Any]) -> int:
     streams = info.get("streams", {})
-    return sum(int(streams.get(n, {}).get("unread", 0)) for n in ("stdout", "stderr"))
+    return sum(int(streams.get(n, {}).get("unread", 0)) for n in OUTPUT_STREAMS)
 
 
 def value_text(value: Any) -> str:

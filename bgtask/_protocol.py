@@ -56,6 +56,12 @@ EXPOSED = (
     "stream_write",
     "wait",
 )
+#: a task's streams by their names on the wire (``task.stream(0)`` .. ``(2)`` are the first three).
+STREAMS = ("stdin", "stdout", "stderr", "data", "control")
+#: the job's output pipes, which the supervisor reads and buffers (counted in bytes).
+OUTPUT_STREAMS = ("stdout", "stderr")
+#: Python objects as opaque dill blobs (counted in messages).
+MESSAGE_STREAMS = ("data", "control")
 #: the fixed manager ident of the one TaskState object of a supervisor.
 STATE_IDENT = "task"
 #: how long to wait for a supervisor to accept and authenticate a connection.
@@ -493,5 +499,6 @@ def call(conn: Connection, pid: int, method: str, args: tuple[Any, ...], kwds: d
                       str(result))
 
 
-__all__ = ["ANSWER_GRACE", "CONNECT_TIMEOUT", "EXPOSED", "STATE_IDENT", "Connection", "Refused",
-           "call", "check_timeout", "encode_read_reply", "open_connection"]
+__all__ = ["ANSWER_GRACE", "CONNECT_TIMEOUT", "EXPOSED", "MESSAGE_STREAMS", "OUTPUT_STREAMS",
+           "STATE_IDENT", "STREAMS", "Connection", "Refused", "call", "check_timeout",
+           "encode_read_reply", "open_connection"]

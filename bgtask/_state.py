@@ -31,6 +31,7 @@ from collections import deque
 from bgtask import _paths
 from bgtask._buffer import ByteBuffer, MessageBuffer
 from bgtask._errors import OutputGoneError, SpawnError, StreamClosedError, TaskLockedError
+from bgtask._protocol import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
 from bgtask._protocol import check_timeout as _check_timeout
 from bgtask._supervisor import StartError, Startup, launch, take_lock
 
@@ -45,9 +46,6 @@ TRANSITIONS = {
     "paused": {"running", "exited"},
     "exited": {"running"},
 }
-BYTE_STREAMS = ("stdout", "stderr")
-MESSAGE_STREAMS = ("data", "control")
-STREAMS = ("stdin", "stdout", "stderr", "data", "control")
 #: most bytes (or bytes of messages) one reply carries; clients loop for more.
 MAX_REPLY = 32 << 20
 #: bytes of stdin accepted but not yet delivered to the job, at most.
@@ -170,8 +168,8 @@ class TaskState:
         self.changed = threading.Condition(self.lock)  # type: ignore[arg-type]
         self._info_reply: tuple[int, bytes] | None = None
         self.out = {name: ByteBuffer(cfg["retain"], cfg["max_buffer"], cfg["drop"])
-                    for name in BYTE_STREAMS}
-        self.open_pipes = {name: 0 for name in BYTE_STREAMS}
+                    for name in OUTPUT_STREAMS}
+        self.open_pipes = {name: 0 for name in OUTPUT_STREAMS}
         self.msgs = {name: MessageBuffer() for name in MESSAGE_STREAMS}
         self.stdin = _Stdin()
         self.state = "exited"
@@ -209,7 +207,7 @@ class TaskState:
         self.ended_at = self.ended_mono = None
         self.stdin.closed = self.stdin.closing = False
         self._transition("running")
-        for name in BYTE_STREAMS:
+        for name in OUTPUT_STREAMS:
             self.open_pipes[name] += 1
             _thread(self._pump, f"pump-{name}", run, name)
         _thread(self._feed, "feed-stdin", run)
@@ -381,7 +379,7 @@ class TaskState:
         run = self.run
         rc = self.exit_code if self.signal is None else -self.signal
         streams: dict[str, Any] = {"stdin": self.stdin.info()}
-        for name in BYTE_STREAMS:
+        for name in OUTPUT_STREAMS:
             d = self.out[name].info()
             d["eof"] = self.open_pipes[name] == 0
             streams[name] = d
@@ -537,7 +535,7 @@ class TaskState:
     def reply_sent(self, rb: Any) -> None:
         """The reply of a consuming read is out: its bytes no longer count as held."""
         name, old_cursor, _data, nxt, _old_start = rb
-        if name in BYTE_STREAMS:
+        if name in OUTPUT_STREAMS:
             with self.lock:
                 self.out[name].inflight -= nxt - old_cursor
                 self.changed.notify_all()  # a pump waiting for room may go on
@@ -552,7 +550,7 @@ class TaskState:
         appended together: no other writer's message comes between them.
         """
         _check_stream(name)
-        if name in BYTE_STREAMS:
+        if name in OUTPUT_STREAMS:
             raise ValueError(f"{name} cannot be written: it is the job's output")
         if name in MESSAGE_STREAMS and type(data) is list:
             if not all(type(b) is bytes for b in data):
@@ -694,7 +692,7 @@ class TaskState:
     def _blocked_pumps(self) -> bool:
         # Full of unread output (not merely waiting for a reply in flight to be sent).
         return all(self.out[n].unread >= self.out[n].max_unread
-                   for n in BYTE_STREAMS if self.open_pipes[n])
+                   for n in OUTPUT_STREAMS if self.open_pipes[n])
 
     def delete(self, timeout: float = 5.0) -> None:
         """Terminate the job (TERM+CONT, KILL after *timeout*), then end the supervisor.
@@ -750,4 +748,4 @@ def _thread(target: Any, name: str, *args: Any) -> threading.Thread:
     return t
 
 
-__all__ = ["STREAMS", "TaskState", "start_error_to_exception"]
+__all__ = ["StateLock", "TaskState", "start_error_to_exception"]

@@ -9,19 +9,19 @@ offset rules (``start <= cursor <= limit``).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask import _codec
 from bgtask._errors import BgTaskError
+from bgtask._protocol import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
 from bgtask._protocol import check_timeout as _check_timeout
 
 if TYPE_CHECKING:
     from bgtask._task import Task
 
 _NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
-STREAM_NAMES = ("stdin", "stdout", "stderr", "data", "control")
-MESSAGE_STREAMS = ("data", "control")
 #: how long one follow() call waits on the supervisor before asking again.
 FOLLOW_SLICE = 10.0
 #: the largest chunk follow() asks for. A chunk of a few MiB is reused heap memory, still
@@ -42,11 +42,11 @@ def stream_name(which: object) -> str:
     if isinstance(which, int):
         if which in _NAMES:
             return _NAMES[which]
-        raise ValueError(f"unknown stream {which}: use 0, 1, 2 or one of {', '.join(STREAM_NAMES)}")
-    if isinstance(which, str) and which in STREAM_NAMES:
+        raise ValueError(f"unknown stream {which}: use 0, 1, 2 or one of {', '.join(STREAMS)}")
+    if isinstance(which, str) and which in STREAMS:
         return which
     if isinstance(which, str):
-        raise ValueError(f"unknown stream {which!r}: one of {', '.join(STREAM_NAMES)} (or 0, 1, 2)")
+        raise ValueError(f"unknown stream {which!r}: one of {', '.join(STREAMS)} (or 0, 1, 2)")
     raise TypeError(f"a stream is 0, 1, 2 or a name, not {type(which).__name__}")
 
 
@@ -228,7 +228,7 @@ class Stream:
         :raises ValueError: writing stdout/stderr.
         """
         _check_timeout(timeout)
-        if self._name in ("stdout", "stderr"):
+        if self._name in OUTPUT_STREAMS:
             raise ValueError(f"{self._name} cannot be written: it is the job's output")
         if self.is_messages:
             blob = _codec.encode(data, "message")
@@ -239,8 +239,6 @@ class Stream:
             payload = bytes(data)
         else:
             raise TypeError(f"stdin takes bytes or str, not {type(data).__name__}")
-        import time
-
         deadline = None if timeout is None else time.monotonic() + timeout
         limit = 0
         for i in range(0, max(len(payload), 1), STDIN_CHUNK):
