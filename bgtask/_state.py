@@ -85,7 +85,6 @@ class _Run:
         self.pgid = pid
         self.stdin_w = stdin_w
         self.out_fds = {"stdout": stdout_r, "stderr": stderr_r}
-        self.reaped = False
         #: byte streams whose pump is waiting for room (so its fd is open and idle)
         self.held: set[str] = set()
 
@@ -174,7 +173,6 @@ class TaskState:
         self.stdin = _Stdin()
         self.state = "exited"
         self.run: _Run | None = None
-        self.last_pgid: int | None = None
         self.prev_run: _Run | None = None
         self.exit_code: int | None = None
         self.signal: int | None = None
@@ -223,7 +221,6 @@ class TaskState:
         self.ended_mono = time.monotonic()
         self._transition("exited")
         self.run = None
-        self.last_pgid = run.pgid
         self.prev_run = run
         if self.deleting:
             # The supervisor is going away: take the job's stragglers along while the
@@ -274,7 +271,6 @@ class TaskState:
                     continue
                 self._end_run(run, status)
                 os.waitpid(run.pid, 0)  # reap under the lock: kill() never sees a freed pid
-                run.reaped = True
                 self.changed.notify_all()
                 return
 
@@ -715,12 +711,12 @@ class TaskState:
                     deadline = time.monotonic() + 10
                     while self.state != "exited" and time.monotonic() < deadline:
                         self.changed.wait(deadline - time.monotonic())
-            elif self.last_pgid is not None and any(self.open_pipes.values()):
+            elif self.prev_run is not None and any(self.open_pipes.values()):
                 # The job has ended but descendants in its process group still hold its
                 # pipes: the output dies with the supervisor, so they go too. (A live
                 # member pins the pgid, so it cannot have been reused.)
-                _killpg(self.last_pgid, signal.SIGTERM)
-                _killpg(self.last_pgid, signal.SIGCONT)
+                _killpg(self.prev_run.pgid, signal.SIGTERM)
+                _killpg(self.prev_run.pgid, signal.SIGCONT)
             self.exit_requested = True
             self.startup.remove_files()
             self.changed.notify_all()
