@@ -219,10 +219,14 @@ class Task:
         :raises TaskNotFoundError: the supervisor is gone.
         """
         if fresh or self._info is None:
-            raw = self._call("info")
-            raw["meta"] = _codec.decode_meta(raw["meta"])
-            self._info = raw
+            return self._keep_info(self._call("info"))
         return self._info
+
+    def _keep_info(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Cache an info dict from the wire, its meta decoded."""
+        raw["meta"] = _codec.decode_meta(raw["meta"])
+        self._info = raw
+        return raw
 
     def _load_info_once(self) -> None:
         """Fetch info on a throw-away connection (search: many tasks, worker threads)."""
@@ -232,8 +236,7 @@ class Task:
             raw = _protocol.call(conn, self._pid, "info", (), {}, 0.0)
         finally:
             conn.close()
-        raw["meta"] = _codec.decode_meta(raw["meta"])
-        self._info = raw
+        self._keep_info(raw)
 
     def apply_meta(self, mapping: dict[str, Any] | None = None, /, **kw: Any) -> dict[str, Any]:
         """Merge into the task's meta (``dict.update`` semantics); returns the new meta.

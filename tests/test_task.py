@@ -860,41 +860,27 @@ def test_call_remote_method_uses_raw_wire_values(pool: bgtask.TaskPool) -> None:
 
 # -- fork hygiene ----------------------------------------------------------------------------------------
 
-def _socket_inodes() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:"):
-            out.add(target)
-    return out
-
-
 @pytest.mark.timeout(30)
 def test_a_task_used_in_a_forked_child_reconnects(pool: bgtask.TaskPool) -> None:
     task = pool.spawn(py("import time\nfor i in range(100000):\n    print(i, flush=True)\n    time.sleep(0.001)"),
                       meta={"name": "fork"})
     try:
         assert task.info(fresh=True)["pid"] == task.pid  # the parent is connected
-        parent_sockets = _socket_inodes()
 
         def in_child() -> bytes:
             for _ in range(200):  # concurrently with the parent below
                 assert task.info(fresh=True)["meta"]["name"] == "fork"
                 assert isinstance(task.stream("stdout").read(0, 10), bytes)
-            return json.dumps(sorted(_socket_inodes() & parent_sockets)).encode()
+            return b"ok"
 
         child = start_in_child(in_child)
         for _ in range(200):
             assert task.info(fresh=True)["meta"]["name"] == "fork"
             assert task.stream("stderr").limit == 0
-        code, report = child_result(*child)
-        assert code == 0, report
-        # The child's inherited copy of our socket is closed or unused: the sockets it used
-        # were its own. (It may still hold inherited fds; what it must not do is talk on
-        # them -- checked by 400 interleaved calls above that never got a wrong reply.)
+        assert child_result(*child) == (0, b"ok")
+        # The child may still hold its inherited copy of our socket; what it must not do
+        # is talk on it -- 400 interleaved calls above never got a wrong reply (which
+        # test_forked_child_does_not_reuse_the_parents_connection checks directly).
         assert task.info(fresh=True)["status"]["running"] is True
         assert task.apply_meta(after="fork") == {"name": "fork", "after": "fork"}
     finally:
