@@ -298,13 +298,18 @@ for i in range(10):
         task.delete()
 
 
+def finished_writer(pool: bgtask.TaskPool, n: int) -> bgtask.Task:
+    """A task whose job wrote the messages 0 .. n-1 to ``data`` and exited."""
+    task = job(pool, f"import bgtask\nd = bgtask.current().stream('data')\nfor i in range({n}): d.write(i)")
+    assert task.wait(10) == 0
+    return task
+
+
 @pytest.mark.timeout(30)
 def test_a_consuming_follow_left_early_puts_back_what_it_did_not_yield(pool: bgtask.TaskPool) -> None:
     """follow() fetches messages in batches: leaving the loop must not lose the rest."""
-    task = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
-                     "for i in range(20): d.write(i)")
+    task = finished_writer(pool, 20)
     try:
-        assert task.wait(10) == 0
         data = task.stream("data")
         for msg in data.follow():                      # one batch holds all 20
             if msg == 4:
@@ -326,10 +331,8 @@ def test_a_consuming_follow_left_early_puts_back_what_it_did_not_yield(pool: bgt
 
 @pytest.mark.timeout(30)
 def test_put_back_never_reorders_when_another_reader_consumed_meanwhile(pool: bgtask.TaskPool) -> None:
-    task = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
-                     "for i in range(10): d.write(i)")
+    task = finished_writer(pool, 10)
     try:
-        assert task.wait(10) == 0
         it = task.stream("data").follow()
         assert next(it) == 0                           # the batch 0..9 is consumed
         other = bgtask.Task(task.pid, pool)            # another handle: its own connection
@@ -361,10 +364,8 @@ def test_put_back_never_reorders_when_another_reader_consumed_meanwhile(pool: bg
 
 @pytest.mark.timeout(30)
 def test_a_forked_child_closing_its_copy_of_a_follow_puts_nothing_back(pool: bgtask.TaskPool) -> None:
-    task = job(pool, "import bgtask\nd = bgtask.current().stream('data')\n"
-                     "for i in range(10): d.write(i)")
+    task = finished_writer(pool, 10)
     try:
-        assert task.wait(10) == 0
         data = task.stream("data")
         it = data.follow()
         got = [next(it)]
