@@ -13,7 +13,7 @@ from _peers import AUTHKEY
 
 import bgtask
 from bgtask import _paths
-from bgtask._server import TaskManager
+from bgtask._supervisor.server import TaskManager
 
 pytestmark = pytest.mark.benchmark(group="calls: one call on a connected task")
 

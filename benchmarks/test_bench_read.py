@@ -20,7 +20,7 @@ from _peers import AUTHKEY, NBLOCKS
 
 import bgtask
 from bgtask import _paths
-from bgtask._server import TaskManager
+from bgtask._supervisor.server import TaskManager
 
 pytestmark = pytest.mark.benchmark(group="read: 1 MiB reads")
 

@@ -15,8 +15,9 @@ import pytest
 from _common import median, pss_kib
 
 import bgtask
-from bgtask import _paths, _protocol
-from bgtask._server import TaskManager
+from bgtask import _paths
+from bgtask._client import connection as _protocol
+from bgtask._supervisor.server import TaskManager
 
 pytestmark = pytest.mark.benchmark(group="search: 100 live tasks")
 

@@ -13,7 +13,10 @@ same user through a Unix socket in a pool directory::
 
 from __future__ import annotations
 
-from bgtask._codec import UndecodableValue
+from bgtask._client.codec import UndecodableValue
+from bgtask._client.pool import TaskPool, default_pool, search, spawn
+from bgtask._client.stream import Stream
+from bgtask._client.task import Task, current
 from bgtask._errors import (
     AccessDeniedError,
     BgTaskError,
@@ -24,9 +27,6 @@ from bgtask._errors import (
     TaskLockedError,
     TaskNotFoundError,
 )
-from bgtask._pool import TaskPool, default_pool, search, spawn
-from bgtask._stream import Stream
-from bgtask._task import Task, current
 
 __version__ = "0.1.0"
 

@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from bgtask._protocol import MESSAGE_STREAMS, OUTPUT_STREAMS
+from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS
 
 if TYPE_CHECKING:
-    from bgtask._pool import TaskPool
-    from bgtask._task import Task
+    from bgtask._client.pool import TaskPool
+    from bgtask._client.task import Task
 
 #: the widest a NAME column gets in a table; longer names are cut.
 NAME_WIDTH = 24
@@ -297,8 +297,8 @@ def pretty_task(task: Task, p: Any, cycle: bool) -> None:
     if cycle or not _top_level(p):
         p.text(repr(task))
         return
+    from bgtask._client.task import describe_status
     from bgtask._errors import BgTaskError
-    from bgtask._task import describe_status
 
     try:
         info = task.info(fresh=True)

@@ -125,9 +125,10 @@ def test_star_import_gives_exactly_all() -> None:
 
 def _private_modules() -> list:
     mods = []
-    for info in pkgutil.iter_modules(bgtask.__path__):
-        if info.name.startswith("_") and info.name != "__main__":
-            mods.append(importlib.import_module(f"bgtask.{info.name}"))
+    for info in pkgutil.walk_packages(bgtask.__path__, "bgtask."):
+        parts = info.name.split(".")[1:]
+        if any(p.startswith("_") for p in parts) and parts != ["__main__"] and not info.ispkg:
+            mods.append(importlib.import_module(info.name))
     return mods
 
 

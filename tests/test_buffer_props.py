@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from bgtask._buffer import ByteBuffer, Chunks, MessageBuffer
+from bgtask._supervisor.buffer import ByteBuffer, Chunks, MessageBuffer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,7 +16,8 @@ import dill
 import pytest
 from helpers import PY, REPO
 
-from bgtask import UndecodableValue, _codec
+from bgtask import UndecodableValue
+from bgtask._client import codec as _codec
 
 
 class Label(str):
@@ -82,7 +83,7 @@ def test_a_blob_of_an_unknown_class_is_a_placeholder() -> None:
 
 def test_plain_data_never_imports_dill() -> None:
     code = ("import sys\n"
-            "from bgtask import _codec\n"
+            "from bgtask._client import codec as _codec\n"
             "v = {'name': 'nightly', 'progress': 0.5, 'tags': ['a', 'b'], 'n': None}\n"
             "assert _codec.decode(_codec.encode(v)) == v\n"
             "assert _codec.decode_meta(_codec.encode_meta(v)) == v\n"
@@ -98,7 +99,7 @@ def test_the_job_side_reads_what_a_client_wrote_either_way() -> None:
     """A blob written one way decodes the same in another process."""
     blobs = [_codec.encode(v) for v in ({"a": 1}, Label("x"))]
     code = ("import sys, pickle\n"
-            "from bgtask import _codec\n"
+            "from bgtask._client import codec as _codec\n"
             "blobs = pickle.loads(sys.stdin.buffer.read())\n"
             "print([type(_codec.decode(b)).__name__ for b in blobs])\n")
     out = subprocess.run([PY, "-c", code], input=pickle.dumps(blobs), capture_output=True,

@@ -103,7 +103,7 @@ def wait_dead(task: bgtask.Task, timeout: float = 2.0) -> None:
     """Wait until *task*'s supervisor is dead, and its socket refuses connections: the
     leader thread of a killed process is a zombie a moment before the process's other
     threads are gone and its files closed."""
-    from bgtask._protocol import _refuses
+    from bgtask._client.connection import refuses as _refuses
 
     path = str(task.pool.path / f"{task.pid}.sock")
     wait_for(lambda: not pid_alive(task.pid) and _refuses(path), timeout=timeout)
@@ -616,7 +616,8 @@ def test_a_socket_that_is_not_a_supervisor(pool: bgtask.TaskPool) -> None:
 def test_a_new_supervisor_replaces_stale_files_under_its_own_pid(pool: bgtask.TaskPool) -> None:
     """The pid of a dead supervisor comes round again: the new supervisor (here a forked
     child of the test, which knows its pid in advance) takes over the name."""
-    from bgtask import _server, _supervisor
+    from bgtask._supervisor import boot as _supervisor
+    from bgtask._supervisor import server as _server
 
     p = str(pool.path)
     cfg = pool._spawn_config(["sleep", "60"], None, None, {"who": "new"}, 0, 1 << 20, "block",

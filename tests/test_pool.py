@@ -12,7 +12,7 @@ import pytest
 from helpers import kill_all, pid_alive, py, wait_for
 
 import bgtask
-from bgtask import _pool
+from bgtask._client import pool as _pool
 
 
 def _processes_under(prefix: str) -> list[int]:

@@ -36,7 +36,9 @@ import pytest
 from helpers import end_pool, fork, pid_alive, wait_for
 
 import bgtask
-from bgtask import _paths, _protocol
+from bgtask import _paths
+from bgtask._client import connection as _protocol
+from bgtask._wire import names as _names
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -66,8 +68,9 @@ def _preload() -> None:
     import dill  # noqa: F401
     import filelock  # noqa: F401
 
-    import bgtask._server  # noqa: F401
-    import bgtask._supervisor  # noqa: F401
+    import bgtask._supervisor.boot  # noqa: F401
+    import bgtask._supervisor.launch  # noqa: F401
+    import bgtask._supervisor.server  # noqa: F401
 
 
 def run_as(uid: int, code: str, *args: str) -> str:
@@ -116,7 +119,8 @@ class UserTask:
     supervisor (in-process, so no interpreter has to be exec'd as that user)."""
 
     def __init__(self, uid: int, pool: str, argv: list[str]) -> None:
-        from bgtask import _server, _supervisor
+        from bgtask._supervisor import boot as _supervisor
+        from bgtask._supervisor import server as _server
 
         _preload()
         cfg = bgtask.TaskPool(pool)._spawn_config(argv, None, "/", {"who": "other"}, 0, 1 << 20,
@@ -224,7 +228,7 @@ attempt("rename-token", lambda: os.rename(tok_path, tok_path + ".x"))
 attempt("chmod-token", lambda: os.chmod(tok_path, 0o666))
 attempt("signal-supervisor", lambda: os.kill(pid, signal.SIGTERM))
 attempt("signal-job", lambda: os.killpg(job, signal.SIGKILL))
-attempt("sweep", lambda: bgtask._pool._sweep(pool_path, pid, force_if_silent=True))
+attempt("sweep", lambda: bgtask._client.pool._sweep(pool_path, pid, force_if_silent=True))
 '''
 
 
@@ -307,7 +311,7 @@ def test_my_tasks_and_those_of_another_user_in_one_pool(shared: str) -> None:
         os.waitpid(theirs.pid, 0)
         theirs.reaped = True
         sock = _paths.sock_path(shared, theirs.pid)
-        wait_for(lambda: _protocol._refuses(sock))
+        wait_for(lambda: _protocol.refuses(sock))
         before = {n: v for n, v in _files(shared).items() if n.startswith(f"{theirs.pid}.")}
         assert len(before) == 2
         assert pool.search() == [mine]
@@ -407,11 +411,11 @@ def test_a_wrong_authkey_is_refused_and_the_supervisor_still_serves(pool: bgtask
         conn = multiprocessing.connection.Client(address, authkey=_paths.authkey_from_token(token))
         conn.send((None, "accept_connection", ("stock",), {}))
         assert conn.recv() == ("#RETURN", None)
-        conn.send((_protocol.STATE_IDENT, "stream_info", ("stdout",), {}))
+        conn.send((_names.STATE_IDENT, "stream_info", ("stdout",), {}))
         kind, result = conn.recv()
         assert kind == "#RETURN" and result["limit"] == 0
         for _ in range(2):  # the encoded (and then cached) info reply reads as a dict
-            conn.send((_protocol.STATE_IDENT, "info", (), {}))
+            conn.send((_names.STATE_IDENT, "info", (), {}))
             kind, result = conn.recv()
             assert kind == "#RETURN" and result["pid"] == task.pid and result["status"]["running"]
         conn.close()
@@ -489,14 +493,14 @@ def test_server_commands_cannot_stop_or_confuse_the_supervisor(pool: bgtask.Task
             conn.close()
         for _ in range(5):  # one server command per connection, as stock clients do
             conn = multiprocessing.connection.Client(address, authkey=authkey)
-            conn.send((None, "decref", (_protocol.STATE_IDENT,), {}))
+            conn.send((None, "decref", (_names.STATE_IDENT,), {}))
             assert conn.recv() == ("#RETURN", None)
             conn.close()
         conn = multiprocessing.connection.Client(address, authkey=authkey)
         conn.send((None, "accept_connection", ("x",), {}))
         assert conn.recv() == ("#RETURN", None)
         for method in ("_end_run", "startup", "__class__", "__reduce__", "_killpg", "rollback"):
-            conn.send((_protocol.STATE_IDENT, method, (), {}))
+            conn.send((_names.STATE_IDENT, method, (), {}))
             kind, result = conn.recv()
             assert kind == "#ERROR" and isinstance(result, AttributeError), method
         conn.send(("other-object", "info", (), {}))
@@ -508,7 +512,7 @@ def test_server_commands_cannot_stop_or_confuse_the_supervisor(pool: bgtask.Task
         for bad in [("task", "info"), "info", None, ("task", "info", "args", "kwds")]:
             conn.send(bad)
             assert conn.recv()[0] in ("#ERROR", "#TRACEBACK"), bad
-        conn.send((_protocol.STATE_IDENT, "info", (), {}))
+        conn.send((_names.STATE_IDENT, "info", (), {}))
         kind, result = conn.recv()
         assert kind == "#RETURN" and result["pid"] == task.pid
         conn.close()

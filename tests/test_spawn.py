@@ -371,7 +371,7 @@ def test_lock_is_exclusive_while_the_job_runs(pool: bgtask.TaskPool) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user")
 def test_lock_names_are_per_user(pool: bgtask.TaskPool) -> None:
     """Two users of a shared pool may each hold a lock called "nightly"."""
-    from bgtask import _supervisor
+    from bgtask._supervisor import launch as _supervisor
 
     os.chmod(pool.path, 0o1777)  # a shared pool
     mine = pool.spawn(["sleep", "30"], lock="nightly")

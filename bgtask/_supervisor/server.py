@@ -32,17 +32,19 @@ from multiprocessing import connection, managers
 from multiprocessing import process as _mp_process
 
 from bgtask import _paths
-from bgtask._buffer import Chunks
 from bgtask._errors import BgTaskError
-from bgtask._protocol import EXPOSED, STATE_IDENT, Connection, _set_timeouts, encode_read_reply
-from bgtask._state import TaskState
-from bgtask._supervisor import Startup
+from bgtask._supervisor.buffer import Chunks
+from bgtask._supervisor.state import TaskState
+from bgtask._wire.framing import Connection, encode_read_reply, set_timeouts
+from bgtask._wire.names import EXPOSED, STATE_IDENT
 
 # The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
 # so it is only imported for type checkers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from bgtask._supervisor.boot import Startup
 
 HANDSHAKE_TIMEOUT = 10.0
 #: the send buffer of a client's connection. Linux' default (~200 KiB) makes a 1 MiB
@@ -187,7 +189,7 @@ class TaskServer(managers.Server):
     def _handle(self, conn: Any) -> None:
         sock = socket.socket(fileno=os.dup(conn.fileno()))
         try:
-            _set_timeouts(sock, HANDSHAKE_TIMEOUT)
+            set_timeouts(sock, HANDSHAKE_TIMEOUT)
             try:
                 # Authentication first: nothing is unpickled before it succeeds.
                 connection.deliver_challenge(conn, self.authkey)
@@ -195,7 +197,7 @@ class TaskServer(managers.Server):
                 request = conn.recv()
             except Exception:
                 return
-            _set_timeouts(sock, 0)
+            set_timeouts(sock, 0)
         finally:
             sock.close()
         try:

@@ -13,13 +13,13 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from bgtask import _codec
+from bgtask._client import codec as _codec
 from bgtask._errors import BgTaskError
-from bgtask._protocol import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
-from bgtask._protocol import check_timeout as _check_timeout
+from bgtask._wire.checks import check_timeout as _check_timeout
+from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
 
 if TYPE_CHECKING:
-    from bgtask._task import Task
+    from bgtask._client.task import Task
 
 _NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 #: how long one follow() call waits on the supervisor before asking again.

@@ -29,17 +29,20 @@ import time
 from collections import deque
 
 from bgtask import _paths
-from bgtask._buffer import ByteBuffer, MessageBuffer
-from bgtask._errors import OutputGoneError, SpawnError, StreamClosedError, TaskLockedError
-from bgtask._protocol import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
-from bgtask._protocol import check_timeout as _check_timeout
-from bgtask._supervisor import StartError, Startup, launch, take_lock
+from bgtask._errors import OutputGoneError, StreamClosedError
+from bgtask._supervisor.buffer import ByteBuffer, MessageBuffer
+from bgtask._supervisor.launch import StartError, launch, take_lock
+from bgtask._wire.checks import check_timeout as _check_timeout
+from bgtask._wire.faults import start_error_to_exception
+from bgtask._wire.names import COLLECT_GRACE, MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
 
 # The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
 # so it is only imported for type checkers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from bgtask._supervisor.boot import Startup
 
 TRANSITIONS = {
     "running": {"paused", "exited"},
@@ -52,29 +55,6 @@ MAX_REPLY = 32 << 20
 STDIN_BUFFER = 1 << 20
 _PIPE_BIG = 1 << 20
 _FEED_CHUNK = 64 * 1024
-#: after the job exits, how long wait() waits for descendants holding the pipes.
-COLLECT_GRACE = 1.0
-
-
-def start_error_to_exception(args: tuple[Any, ...]) -> SpawnError:
-    """Turn a :class:`StartError` report into the exception ``spawn`` raises."""
-    kind, err, text, filename = (tuple(args) + (None, None, None, None))[:4]
-    if kind == "locked":
-        return TaskLockedError(f"cannot start the job: lock {filename!r} is held by another task",
-                               lock=filename)
-    if kind == "cwd":
-        msg = f"cannot start the job: bad working directory {filename!r}: {text}"
-    elif kind == "exec":
-        msg = f"cannot start the job: cannot execute {filename!r}: {text}"
-    elif kind == "lockfile":
-        msg = f"cannot start the job: cannot use lock file {filename!r}: {text}"
-    elif kind == "collision":
-        msg = f"cannot start the job: the task's file names are taken ({text})"
-    elif kind == "pool":
-        msg = f"cannot start the job: cannot create the task's files in pool {filename!r}: {text}"
-    else:
-        msg = f"cannot start the job: the supervisor failed: {text}"
-    return SpawnError(msg, errno=err or None, filename=filename)
 
 
 class _Run:
@@ -744,4 +724,4 @@ def _thread(target: Any, name: str, *args: Any) -> threading.Thread:
     return t
 
 
-__all__ = ["StateLock", "TaskState", "start_error_to_exception"]
+__all__ = ["StateLock", "TaskState"]

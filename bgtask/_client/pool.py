@@ -23,11 +23,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bgtask import _codec, _paths, _protocol
+from bgtask import _paths
+from bgtask._client import codec as _codec
+from bgtask._client.connection import refuses as _refuses
 from bgtask._errors import AccessDeniedError, SpawnError, TaskNotFoundError
+from bgtask._wire.faults import start_error_to_exception
 
 if TYPE_CHECKING:
-    from bgtask._task import Task
+    from bgtask._client.task import Task
 
 DEFAULT_MAX_BUFFER = 64 << 20
 SYSTEM_POOL = "/var/run/bgtask"
@@ -36,12 +39,12 @@ SPAWN_TIMEOUT = 30.0
 #: a token file without a socket is left alone this long (its supervisor may be starting).
 _STARTING_GRACE = 30.0
 _LOCK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,99}\Z")
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The supervisor's command line: an isolated interpreter (-I -S: no site, no user
 # paths, no PYTHON* variables) that imports bgtask's supervisor modules without
 # bgtask/__init__ (and so without dill and filelock). See _supervisor.py.
 _BOOT = ("import sys;m=type(sys)('bgtask');m.__path__=[sys.argv[1]];sys.modules['bgtask']=m;"
-         "import bgtask._supervisor as s;s.main(sys.argv[2])")
+         "import bgtask._supervisor.boot as s;s.main(sys.argv[2])")
 
 
 def _user_runtime_pool() -> Path:
@@ -166,7 +169,7 @@ class TaskPool:
             executable, bad cwd); nothing is left behind.
         :raises TaskLockedError: the lock is held by another task.
         """
-        from bgtask._task import Task
+        from bgtask._client.task import Task
 
         cfg = self._spawn_config(argv, env, cwd, meta, retain_output, max_buffer, on_full, shell, lock)
         for _attempt in range(5):
@@ -282,8 +285,6 @@ class TaskPool:
         if final is not None and final[0] == "ok":
             return final[1], cfg["env"]
         if final is not None:
-            from bgtask._state import start_error_to_exception
-
             if final[1] == "collision":
                 return None, cfg["env"]
             raise start_error_to_exception(final[1:])
@@ -322,7 +323,7 @@ class TaskPool:
         return out
 
     def _live_tasks(self) -> list[Task]:
-        from bgtask._task import Task
+        from bgtask._client.task import Task
 
         pool = str(self._path)
         self._sweep_orphan_tokens()
@@ -491,7 +492,6 @@ def _sweep_lock(pool: str) -> Any:
     return lock
 
 
-_refuses = _protocol._refuses
 
 
 def _stop_orphan(job_pid: int, job_start: int) -> None:

@@ -9,11 +9,16 @@ import time
 import weakref
 from typing import Any
 
-from bgtask import _codec, _paths, _protocol
+from bgtask import _paths
+from bgtask._client import codec as _codec
+from bgtask._client import connection as _protocol
+from bgtask._client.pool import TaskPool, _sweep
+from bgtask._client.stream import Stream, stream_name
 from bgtask._errors import BgTaskError, TaskNotFoundError
-from bgtask._pool import TaskPool, _sweep
-from bgtask._protocol import check_timeout as _check_timeout
-from bgtask._stream import Stream, stream_name
+from bgtask._wire.checks import check_timeout as _check_timeout
+from bgtask._wire.faults import SupervisorDeadError
+from bgtask._wire.framing import Connection
+from bgtask._wire.names import EXPOSED
 
 
 def signal_number(sig: Any) -> int:
@@ -66,7 +71,7 @@ class Task:
         # Weak: a thread's connection lives in its thread-local slot and is closed when
         # the thread ends; a strong list here would keep one socket (and one thread in the
         # supervisor) per thread that ever used this handle, until disconnect().
-        self._conns: weakref.WeakSet[_protocol.Connection] = weakref.WeakSet()
+        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
         #: the token of the supervisor this handle first reached. pids are reused: once
@@ -110,15 +115,15 @@ class Task:
 
     # -- connection --------------------------------------------------------------------------
 
-    def _conn(self) -> _protocol.Connection:
-        conn: _protocol.Connection | None = getattr(self._local, "conn", None)
+    def _conn(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.owner_pid == os.getpid() and not conn.closed:
             return conn
         if conn is not None and conn.owner_pid != os.getpid():
             self._forget_inherited()
         try:
             conn = _protocol.open_connection(str(self._pool.path), self._pid)
-        except _protocol.Refused as exc:
+        except SupervisorDeadError as exc:
             _sweep(str(self._pool.path), self._pid)
             raise TaskNotFoundError(str(exc), self._pid) from None
         self._bind(conn)
@@ -127,7 +132,7 @@ class Task:
             self._conns.add(conn)
         return conn
 
-    def _bind(self, conn: _protocol.Connection) -> None:
+    def _bind(self, conn: Connection) -> None:
         """Tie this handle to the supervisor behind *conn*, or refuse a different one.
 
         :raises TaskNotFoundError: the supervisor this handle knew is gone and its pid
@@ -157,7 +162,7 @@ class Task:
         self._conns_lock = threading.Lock()
         self._local = threading.local()
 
-    def _drop(self, conn: _protocol.Connection) -> None:
+    def _drop(self, conn: Connection) -> None:
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
         with self._conns_lock:
@@ -206,8 +211,8 @@ class Task:
 
     def call_remote_method(self, name: str, *args: Any, **kwds: Any) -> Any:
         """Call one of the exposed ``TaskState`` methods with raw wire values."""
-        if name not in _protocol.EXPOSED:
-            raise ValueError(f"unknown remote method {name!r}: one of {', '.join(_protocol.EXPOSED)}")
+        if name not in EXPOSED:
+            raise ValueError(f"unknown remote method {name!r}: one of {', '.join(EXPOSED)}")
         blocks = None if name in ("wait", "stream_read", "stream_write", "delete") else 0.0
         return self._call(name, *args, blocks_for=blocks, **kwds)
 
