@@ -9,6 +9,20 @@ same user through a Unix socket in a pool directory::
     ...
     task = bgtask.Task(pid)                 # from any other process
     print(task.stream("stdout").read())
+
+The layers (imports flow downwards only; ``tests/test_layers.py`` enforces it)::
+
+    cli.py, web/          the outer layer: the public API below, and _format
+    bgtask (this file)    the front door: re-exports _client and _errors
+    _client/              runs in the caller: pool, spawn, sweep, task, stream,
+                          connection, codec (dill lives here and only here)
+    _supervisor/          runs in the supervisor: boot, launch, job, io, buffer,
+                          service, server (never imports _client, dill or filelock)
+    _format.py            presentation of info dicts (reprs, tables, status words)
+    _wire/                what both sides agree on: names, framing, handshake, schema,
+                          checks, faults (the one map from failures to our errors)
+    _errors.py _paths.py _process.py   stdlib only: exceptions, pool files and modes,
+                          /proc facts and signals
 """
 
 from __future__ import annotations

@@ -220,32 +220,6 @@ def orphan_token_pids(pool: str) -> list[int]:
     return pids
 
 
-def _proc_stat(pid: int) -> list[bytes]:
-    """The fields of /proc/<pid>/stat after ``comm`` (state first), or [] if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    return data[data.rfind(b")") + 2 :].split()
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The start time of *pid* in clock ticks since boot (Linux), or None."""
-    fields = _proc_stat(pid)
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_state(pid: int) -> str | None:
-    """The one-letter state of *pid* from /proc (``Z`` for a zombie), or None if gone."""
-    fields = _proc_stat(pid)
-    return fields[0].decode() if fields else None
-
-
 __all__ = [
     "MAX_POOL_PATH",
     "MAX_SOCKET_PATH",
@@ -255,8 +229,6 @@ __all__ = [
     "lock_path",
     "open_private",
     "orphan_token_pids",
-    "proc_start_time",
-    "proc_state",
     "read_token_file",
     "remove_if_mine",
     "sock_path",

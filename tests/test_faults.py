@@ -39,7 +39,7 @@ from helpers import fork, pid_alive, processes_of_pool, py, wait_for
 from test_security import run_as
 
 import bgtask
-from bgtask import _paths
+from bgtask import _paths, _process
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -494,7 +494,7 @@ def test_reused_pid_with_stale_files_is_never_taken_for_a_supervisor(
     p = str(pool.path)
     dead_socket(_paths.sock_path(p, stranger.pid))
     fd, _token = _paths.create_token_file(p, stranger.pid)
-    start = _paths.proc_start_time(job_stranger.pid)
+    start = _process.proc_start_time(job_stranger.pid)
     assert start is not None
     _paths.write_job_record(fd, job_stranger.pid, start - 100)  # same pid, another process
     os.close(fd)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bgtask import _paths
+from bgtask import _paths, _process
 from bgtask._client import codec as _codec
 from bgtask._client.connection import refuses as _refuses
 from bgtask._errors import AccessDeniedError, SpawnError, TaskNotFoundError
@@ -367,7 +367,7 @@ class TaskPool:
             # No socket beside the token: the supervisor died while starting -- or is
             # starting right now. Only a pid that is gone, or that is (after the grace
             # time) some other program than a supervisor, proves it dead.
-            state = _paths.proc_state(pid)
+            state = _process.proc_state(pid)
             if state in (None, "Z") or (time.time() - st.st_mtime > _STARTING_GRACE
                                         and not _is_supervisor(pid)):
                 _sweep(pool, pid, force_if_silent=True)
@@ -502,14 +502,14 @@ def _stop_orphan(job_pid: int, job_start: int) -> None:
         try:
             os.killpg(job_pid, sig)
         except OSError:
-            if _paths.proc_start_time(job_pid) == job_start:
+            if _process.proc_start_time(job_pid) == job_start:
                 try:
                     os.kill(job_pid, sig)  # the job left its process group
                 except OSError:
                     pass
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        if _paths.proc_state(job_pid) in (None, "Z") and not _live_members(job_pid):
+        if _process.proc_state(job_pid) in (None, "Z") and not _live_members(job_pid):
             return
         time.sleep(0.02)
     if _orphan_group_is_ours(job_pid, job_start):
@@ -539,7 +539,7 @@ def _stop_by_environment(pool: str, pid: int) -> None:
         except OSError:
             continue
         if all(n in env for n in needles):
-            found[int(name)] = _paths.proc_start_time(int(name))
+            found[int(name)] = _process.proc_start_time(int(name))
     if not found:
         return
     for sig in (signal.SIGTERM, signal.SIGCONT):
@@ -553,9 +553,9 @@ def _stop_by_environment(pool: str, pid: int) -> None:
     while alive and time.monotonic() < deadline:
         time.sleep(0.02)
         alive = {p: t for p, t in alive.items()
-                 if _paths.proc_start_time(p) == t and _paths.proc_state(p) not in (None, "Z")}
+                 if _process.proc_start_time(p) == t and _process.proc_state(p) not in (None, "Z")}
     for p, t in alive.items():
-        if _paths.proc_start_time(p) == t:  # still the same process: not a reused pid
+        if _process.proc_start_time(p) == t:  # still the same process: not a reused pid
             try:
                 os.kill(p, signal.SIGKILL)
             except OSError:
@@ -570,7 +570,7 @@ def _orphan_group_is_ours(job_pid: int, job_start: int) -> bool:
     it died of the SIGTERM (or SIGPIPE) that they ignore: the kernel does not hand out a
     pid while a process group of that id exists, so no unrelated process can lead it.
     """
-    start = _paths.proc_start_time(job_pid)
+    start = _process.proc_start_time(job_pid)
     if start is not None:
         return start == job_start
     return _group_alive(job_pid)
@@ -592,7 +592,7 @@ def _live_members(pgid: int) -> bool:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        fields = _paths._proc_stat(int(name))
+        fields = _process.proc_stat(int(name))
         if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
             return True
     return False

@@ -9,7 +9,7 @@ import time
 import weakref
 from typing import Any
 
-from bgtask import _paths
+from bgtask import _process
 from bgtask._client import codec as _codec
 from bgtask._client import connection as _protocol
 from bgtask._client.pool import TaskPool, _sweep
@@ -302,7 +302,7 @@ class Task:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError("timeout must be a non-negative number")
         _check_timeout(timeout)  # and finite
-        start_time = _paths.proc_start_time(self._pid)
+        start_time = _process.proc_start_time(self._pid)
         conn = self._conn()
         try:
             _protocol.call(conn, self._pid, "delete", (float(timeout),), {}, timeout + 12.0)
@@ -317,8 +317,8 @@ class Task:
             self.disconnect()
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            if (_paths.proc_state(self._pid) in (None, "Z")
-                    or _paths.proc_start_time(self._pid) != start_time):
+            if (_process.proc_state(self._pid) in (None, "Z")
+                    or _process.proc_start_time(self._pid) != start_time):
                 break
             time.sleep(0.002)
         self._info = None

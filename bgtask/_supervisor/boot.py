@@ -31,7 +31,7 @@ import marshal
 import os
 import sys
 
-from bgtask import _paths
+from bgtask import _paths, _process
 from bgtask._supervisor.launch import StartError, launch, take_lock
 
 # The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
@@ -130,7 +130,7 @@ class Startup:
         if cfg["lock"]:
             self.lock_fd = take_lock(self.pool, cfg["lock"])
         self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"])
-        _paths.write_job_record(self.token_fd, self.job[0], _paths.proc_start_time(self.job[0]))
+        _paths.write_job_record(self.token_fd, self.job[0], _process.proc_start_time(self.job[0]))
 
     def remove_files(self) -> None:
         if self.sock is not None:

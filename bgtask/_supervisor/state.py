@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 
-from bgtask import _paths
+from bgtask import _paths, _process
 from bgtask._errors import OutputGoneError, StreamClosedError
 from bgtask._supervisor.buffer import ByteBuffer, MessageBuffer
 from bgtask._supervisor.launch import StartError, launch, take_lock
@@ -616,7 +616,7 @@ class TaskState:
                     startup.lock_fd = -1
                 raise start_error_to_exception(exc.args) from None
             self.restarts += 1
-            _paths.write_job_record(startup.token_fd, job[0], _paths.proc_start_time(job[0]))
+            _paths.write_job_record(startup.token_fd, job[0], _process.proc_start_time(job[0]))
             self._begin_run(*job)
             return True
 
