@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import end_pool
@@ -28,3 +28,22 @@ def pool_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture
 def pool(pool_dir: str) -> bgtask.TaskPool:
     return bgtask.TaskPool(pool_dir)
+
+
+@pytest.fixture
+def spawn(pool: bgtask.TaskPool) -> Iterator[Callable[..., bgtask.Task]]:
+    """``spawn(argv, **options)`` in the test's pool; every task it made is deleted at
+    teardown (the pool fixture's leak check stays the backstop)."""
+    made: list[bgtask.Task] = []
+
+    def _spawn(argv: object, **options: object) -> bgtask.Task:
+        task = pool.spawn(argv, **options)  # type: ignore[arg-type]
+        made.append(task)
+        return task
+
+    yield _spawn
+    for task in made:
+        try:
+            task.delete()
+        except bgtask.TaskNotFoundError:
+            pass
