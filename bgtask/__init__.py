@@ -34,12 +34,14 @@ from bgtask._client.task import Task, current
 from bgtask._errors import (
     AccessDeniedError,
     BgTaskError,
+    HostUnreachableError,
     OutputGoneError,
     RemoteError,
     SpawnError,
     StreamClosedError,
     TaskLockedError,
     TaskNotFoundError,
+    TaskUnresponsiveError,
 )
 
 __version__ = "0.1.0"
@@ -47,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AccessDeniedError",
     "BgTaskError",
+    "HostUnreachableError",
     "OutputGoneError",
     "RemoteError",
     "SpawnError",
@@ -56,6 +59,7 @@ __all__ = [
     "TaskLockedError",
     "TaskNotFoundError",
     "TaskPool",
+    "TaskUnresponsiveError",
     "UndecodableValue",
     "__version__",
     "current",

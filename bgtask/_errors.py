@@ -5,6 +5,9 @@ argument (``ValueError``/``TypeError``) or a timeout (``TimeoutError``)::
 
     BgTaskError
      +-- TaskNotFoundError (also LookupError)      no live supervisor with that pid
+     +-- TaskUnresponsiveError (also TimeoutError) the supervisor exists but does not
+     |                                             answer (stopped, hung)
+     +-- HostUnreachableError (also ConnectionError)  a remote pool's host cannot be reached
      +-- AccessDeniedError (also PermissionError)  the task belongs to someone else
      +-- SpawnError                                the job could not be started
      |    +-- TaskLockedError                      the spawn(lock=...) lock is held
@@ -14,7 +17,8 @@ argument (``ValueError``/``TypeError``) or a timeout (``TimeoutError``)::
 
 The errors are named by who caused the failure: the caller (builtins), the task's
 owner or the pool (``AccessDeniedError``), the job (``SpawnError``), the supervisor
-(``TaskNotFoundError``, ``RemoteError``).
+(``TaskNotFoundError``, ``TaskUnresponsiveError``, ``RemoteError``), the network
+(``HostUnreachableError``).
 
 They cross the supervisor's socket as pickles, so each one keeps its extra attributes
 through a pickle round trip (:meth:`BgTaskError.__reduce__`). This module imports
@@ -57,6 +61,38 @@ class TaskNotFoundError(BgTaskError, LookupError):
     def __init__(self, message: str, pid: int | None = None) -> None:
         super().__init__(message)
         self.pid = pid
+
+
+class TaskUnresponsiveError(BgTaskError, TimeoutError):
+    """The supervisor exists but does not answer: it is stopped (``SIGSTOP``, a debugger)
+    or hung. Unlike :class:`TaskNotFoundError` it is no proof of death: the task may
+    answer later.
+
+    :ivar pid: the task id (or ``None``).
+    :ivar since: when the unanswered wait began (``time.time()``; or ``None``).
+    """
+
+    def __init__(self, message: str, pid: int | None = None, since: float | None = None) -> None:
+        BgTaskError.__init__(self, message)
+        self.pid = pid
+        self.since = since
+
+    def __str__(self) -> str:  # TimeoutError would format (errno, strerror)
+        return str(self.args[0]) if self.args else ""
+
+
+class HostUnreachableError(BgTaskError, ConnectionError):
+    """The host of a remote pool cannot be reached (ssh failed, the network is down).
+
+    :ivar host: the host (or ``None``).
+    """
+
+    def __init__(self, message: str, host: str | None = None) -> None:
+        BgTaskError.__init__(self, message)
+        self.host = host
+
+    def __str__(self) -> str:  # ConnectionError would format (errno, strerror)
+        return str(self.args[0]) if self.args else ""
 
 
 class AccessDeniedError(BgTaskError, PermissionError):
@@ -127,10 +163,12 @@ class RemoteError(BgTaskError):
 __all__ = [
     "AccessDeniedError",
     "BgTaskError",
+    "HostUnreachableError",
     "OutputGoneError",
     "RemoteError",
     "SpawnError",
     "StreamClosedError",
     "TaskLockedError",
     "TaskNotFoundError",
+    "TaskUnresponsiveError",
 ]

@@ -1,21 +1,34 @@
 """The client's end of the wire: connect to and authenticate with a supervisor, and call
 its exposed methods.
+
+:func:`open_connection` is four steps, each with its own failures: :func:`_check_socket`
+(is there a socket of ours?), :func:`_read_token`, :func:`_connect` (waits its turn while
+the supervisor's listen backlog is full) and :func:`_handshake` (``_wire.handshake``
+driven over the blocking socket). Every transport failure is mapped to our exceptions by
+``_wire.faults.map_fault``, the one table. Waits are cut into slices of
+:data:`SILENT_PROBE`: a supervisor that stays silent that long and is stopped (``kill
+-STOP``) is reported as :class:`~bgtask.TaskUnresponsiveError` at once, instead of after
+the whole :data:`~bgtask._wire.names.CONNECT_TIMEOUT` meant for a busy one.
 """
 
 from __future__ import annotations
 
 import _socket
 import errno
-import multiprocessing as _mp
 import os
-from multiprocessing import connection as _mpc
+import time
 from typing import Any
 
-from bgtask import _paths
-from bgtask._errors import AccessDeniedError, RemoteError, TaskNotFoundError
-from bgtask._wire.faults import SupervisorDeadError
+from bgtask import _paths, _process
+from bgtask._errors import AccessDeniedError, TaskNotFoundError
+from bgtask._wire.faults import SupervisorDeadError, map_fault, reply_result
 from bgtask._wire.framing import Connection, set_timeouts
+from bgtask._wire.handshake import ClientHandshake
 from bgtask._wire.names import ANSWER_GRACE, CONNECT_TIMEOUT, STATE_IDENT
+
+#: how long a wait for the supervisor (a backlog slot, a handshake message) may last
+#: before the client looks whether it is stopped, which no deadline would fix.
+SILENT_PROBE = 1.0
 
 
 def refuses(path: str, patience: float = 2.0) -> bool:
@@ -56,10 +69,33 @@ def refuses(path: str, patience: float = 2.0) -> bool:
 def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> Connection:
     """Connect to and authenticate with the supervisor of task *pid*.
 
+    :param timeout: the deadline for connecting and the handshake together, for a
+        supervisor that is running but busy (a stopped one is reported sooner).
     :raises TaskNotFoundError: no such task, or its supervisor is dead
         (:class:`SupervisorDeadError` when its socket refuses connections).
+    :raises TaskUnresponsiveError: the supervisor is stopped, or silent past *timeout*.
     :raises AccessDeniedError: the task's files belong to another user.
+    :raises RemoteError: it speaks another protocol version
+        (``_wire.faults.ProtocolMismatchError``).
     """
+    path = _check_socket(pool, pid)
+    token = _read_token(pool, pid, path)
+    deadline = time.monotonic() + timeout
+    since = time.time()
+    conn = _connect(path, pid, deadline, since)
+    try:
+        _handshake(conn, _paths.authkey_from_token(token), pid, deadline, since)
+    except BaseException:
+        conn.close()
+        raise
+    conn.owner_pid = os.getpid()
+    conn.token = token
+    conn.read_ahead = True
+    return conn
+
+
+def _check_socket(pool: str, pid: int) -> str:
+    """The path of task *pid*'s socket, once it is known to be a socket of ours."""
     path = _paths.sock_path(pool, pid)
     try:
         st = os.lstat(path)
@@ -73,66 +109,87 @@ def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> Co
 
     if not _stat.S_ISSOCK(st.st_mode):
         raise TaskNotFoundError(f"{path} is not a task socket", pid)
+    return path
+
+
+def _read_token(pool: str, pid: int, path: str) -> bytes:
+    """Task *pid*'s token (the authkey's source)."""
     try:
-        token, _job, _start = _paths.read_token_file(pool, pid)
+        return _paths.read_token_file(pool, pid)[0]
     except FileNotFoundError:
         if refuses(path):  # a stale socket left without its token: sweepable
-            raise SupervisorDeadError(f"the supervisor of task {pid} is dead (its socket refuses connections)",
-                          pid) from None
+            raise SupervisorDeadError(f"the supervisor of task {pid} is dead "
+                                      "(its socket refuses connections)", pid) from None
         raise TaskNotFoundError(f"task {pid} has no token file (it is starting or gone)", pid) from None
     except PermissionError as exc:
         raise AccessDeniedError(f"task {pid}: {exc.strerror}: {path}", pid) from None
     except ValueError as exc:
         raise TaskNotFoundError(f"task {pid}: {exc}", pid) from None
-    authkey = _paths.authkey_from_token(token)
+
+
+def _stopped(pid: int) -> bool:
+    """Is the supervisor stopped (``kill -STOP``, a debugger)? No deadline helps then."""
+    return _process.proc_state(pid) in ("T", "t")
+
+
+def _connect(path: str, pid: int, deadline: float, since: float) -> Connection:
+    """A connected socket to *path*, as a :class:`Connection`.
+
+    The socket blocks with ``SO_SNDTIMEO``, so a ``connect`` that finds the listen
+    backlog full waits in the kernel for a slot (a non-blocking one fails at once with
+    ``EAGAIN``, which 400 concurrent clients hit): clients wait their turn up to the
+    deadline.
+    """
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | getattr(_socket, "SOCK_CLOEXEC", 0))
     try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except ConnectionRefusedError:
-            raise SupervisorDeadError(f"the supervisor of task {pid} is dead (its socket refuses connections)", pid) from None
-        except FileNotFoundError:
-            raise TaskNotFoundError(f"task {pid} is gone", pid) from None
-        except OSError as exc:
-            raise TaskNotFoundError(f"cannot connect to task {pid}: {exc}", pid) from None
-        sock.settimeout(None)
-        set_timeouts(sock, timeout)  # bounds the handshake below
-        conn = Connection(sock.detach())
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError(errno.ETIMEDOUT, "no slot in the listen backlog")
+                set_timeouts(sock, min(left, SILENT_PROBE))
+                sock.connect(path)
+                break
+            except (BlockingIOError, InterruptedError) as exc:
+                # EAGAIN: the backlog stayed full for a slice. A stopped supervisor never
+                # empties it; a busy one does.
+                if _stopped(pid):
+                    raise map_fault(TimeoutError(str(exc)), pid, "connecting", True, since) from None
+            except OSError as exc:
+                raise map_fault(exc, pid, "connecting", True, since) from None
+        return Connection(sock.detach())
     finally:
         sock.close()
+
+
+def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, since: float) -> None:
+    """Authenticate both ways and exchange protocol versions on *conn*."""
+    hs = ClientHandshake(authkey)
+    fd = conn.fileno()
     try:
-        _mpc.answer_challenge(conn, authkey)
-        _mpc.deliver_challenge(conn, authkey)
-        conn.send((None, "accept_connection", ("bgtask-client",), {}))
-        kind, result = conn.recv()
-        if kind != "#RETURN":
-            raise RemoteError(f"task {pid} refused the connection: {result}", str(result))
-        tmp = _socket.socket(fileno=os.dup(conn.fileno()))
+        while not hs.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, "the handshake's deadline passed")
+            if not conn.wait_readable(min(left, SILENT_PROBE)):
+                if _stopped(pid):
+                    raise TimeoutError(errno.ETIMEDOUT, "the supervisor is stopped")
+                continue
+            hs.receive_data(os.read(fd, 4096))
+            out = hs.data_to_send()
+            if out:
+                conn.write(out)
+        set_timeouts(conn.socket(), 0)  # the handshake's SO_SNDTIMEO no longer applies
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            raise
         try:
-            set_timeouts(tmp, 0)
-        finally:
-            tmp.close()
-    except _mp.AuthenticationError:
-        conn.close()
-        raise TaskNotFoundError(f"task {pid}: the socket's owner does not know the task's token "
-                                "(a different supervisor?)", pid) from None
-    except (AssertionError, ValueError):
-        # multiprocessing asserts on a malformed challenge: whoever listens there does not
-        # speak the manager protocol at all (not a supervisor).
-        conn.close()
-        raise TaskNotFoundError(f"task {pid}: its socket does not answer like a bgtask supervisor",
-                                pid) from None
-    except (EOFError, OSError) as exc:
-        conn.close()
-        raise TaskNotFoundError(f"the supervisor of task {pid} vanished while connecting: {exc!r}", pid) from None
-    except BaseException:
-        conn.close()
-        raise
-    conn.owner_pid = os.getpid()
-    conn.token = token
-    conn.read_ahead = True
-    return conn
+            out = hs.data_to_send()  # our #FAILURE#, if we refused the supervisor
+            if out:
+                conn.write(out)
+        except OSError:
+            pass
+        raise map_fault(exc, pid, "connecting", True, since) from None
 
 
 def call(conn: Connection, pid: int, method: str, args: tuple[Any, ...], kwds: dict[str, Any],
@@ -142,17 +199,16 @@ def call(conn: Connection, pid: int, method: str, args: tuple[Any, ...], kwds: d
     :param blocks_for: how long the method itself may block on the supervisor's side
         (``None``: without limit); the answer is awaited that long plus
         :data:`ANSWER_GRACE`.
+    :raises TaskNotFoundError: the supervisor vanished during the call.
+    :raises TaskUnresponsiveError: it did not answer in time (stopped, hung).
+    :raises RemoteError: the call failed in the supervisor.
     """
     try:
         conn.send((STATE_IDENT, method, args, kwds))
         # The deadline is the socket's receive timeout, not a poll() before the read: a
         # poll costs a second wake-up, 20-25 us of a 50 us call on an idle machine.
         conn.set_receive_timeout(0.0 if blocks_for is None else blocks_for + ANSWER_GRACE)
-        try:
-            kind, result = conn.recv()
-        except BlockingIOError:
-            raise TimeoutError(f"the supervisor of task {pid} did not answer {method}() "
-                               f"within {(blocks_for or 0) + ANSWER_GRACE:.0f} s (is it stopped?)") from None
+        kind, result = conn.recv()
     except BaseException as exc:
         # Interrupted, timed out or broken: a reply may still arrive on this connection,
         # so it is out of step for good. The caller sees conn.closed and drops it.
@@ -160,19 +216,13 @@ def call(conn: Connection, pid: int, method: str, args: tuple[Any, ...], kwds: d
             conn.close()
         except OSError:
             pass
-        if isinstance(exc, (EOFError, ConnectionError)) or (
-                isinstance(exc, OSError) and exc.errno in (errno.EBADF, errno.ENOTCONN)):
-            raise TaskNotFoundError(f"the supervisor of task {pid} vanished during {method}() "
-                                    f"({exc!r})", pid) from None
-        raise
-    if kind == "#RETURN":
-        return result
-    if kind == "#ERROR" and isinstance(result, BaseException):
-        raise result
-    raise RemoteError(f"task {pid}: {method}() failed in the supervisor: "
-                      f"{str(result).strip().splitlines()[-1] if str(result).strip() else kind}",
-                      str(result))
-
+        if not isinstance(exc, Exception):
+            raise
+        since = None
+        if isinstance(exc, BlockingIOError):
+            since = time.time() - (blocks_for or 0.0) - ANSWER_GRACE
+        raise map_fault(exc, pid, f"{method}()", False, since) from None
+    return reply_result(kind, result, pid, method)
 
 
 __all__ = ["call", "open_connection", "refuses"]

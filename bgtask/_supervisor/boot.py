@@ -114,7 +114,7 @@ class Startup:
                     sock.bind(path)  # a stale socket of ours with our pid: its owner is dead
             finally:
                 os.umask(old_umask)
-            sock.listen(128)
+            sock.listen(1024)  # 400 clients at once wait in it rather than fail
             self.sock = sock
         finally:
             if lock_fd >= 0:

@@ -11,9 +11,13 @@ that would let a client stop or confuse the supervisor removed:
   ``decref``, ``dummy`` and ``get_methods`` (no ``shutdown``, no ``debug_info``), and
   ``decref`` can never drop the one shared object;
 * only the names in ``_protocol.EXPOSED`` are dispatched -- no ``#GETVALUE`` fallback;
-* authentication runs in the connection's own thread with a deadline, before anything
-  is unpickled: a client with a wrong authkey, or one that never answers, only loses its
-  own connection;
+* authentication (``_wire.handshake``) runs in the connection's own thread with one
+  deadline for the whole handshake, before anything is unpickled: a client with a wrong
+  authkey, or one that never answers (or answers a byte at a time), only loses its own
+  connection; at most :data:`MAX_PENDING` handshakes are pending at once, so silent
+  connections cannot take all the supervisor's fds (the oldest is dropped for a newcomer);
+* the first request says the client's protocol version (bgtask's clients do); the
+  answer is the supervisor's, and a client of another version is hung up on after it;
 * expected errors travel back as exceptions (``#ERROR``); anything else as text
   (``#TRACEBACK``), which clients raise as ``RemoteError``;
 * a consuming read whose reply cannot be delivered (the client died) is undone.
@@ -28,15 +32,16 @@ import socket
 import sys
 import threading
 import time
-from multiprocessing import connection, managers
+from multiprocessing import managers
 from multiprocessing import process as _mp_process
 
 from bgtask import _paths
 from bgtask._errors import BgTaskError
 from bgtask._supervisor.buffer import Chunks
 from bgtask._supervisor.state import TaskState
-from bgtask._wire.framing import Connection, encode_read_reply, set_timeouts
-from bgtask._wire.names import EXPOSED, STATE_IDENT
+from bgtask._wire.framing import Connection, encode_read_reply
+from bgtask._wire.handshake import HANDSHAKE_DEADLINE, ServerHandshake, hello_version
+from bgtask._wire.names import EXPOSED, PROTOCOL_VERSION, STATE_IDENT
 
 # The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
 # so it is only imported for type checkers.
@@ -46,7 +51,12 @@ if TYPE_CHECKING:
 
     from bgtask._supervisor.boot import Startup
 
-HANDSHAKE_TIMEOUT = 10.0
+#: handshakes pending at once. Each holds an fd and a thread; 600 silent connections
+#: used to exhaust a 1024-fd limit, and then the owner's own clients failed.
+MAX_PENDING = 256
+#: a pending handshake this old may be dropped to make room for a new connection; a
+#: younger one is not, so a burst of real clients waits in the backlog instead.
+EVICT_AFTER = 1.0
 #: the send buffer of a client's connection. Linux' default (~200 KiB) makes a 1 MiB
 #: reply take several sleep/wake rounds between supervisor and reader: 4 MiB read 1 MiB
 #: ranges ~8% faster and followed a fast job ~30% faster. It costs nothing while idle
@@ -86,10 +96,46 @@ class _Listener:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         except OSError:
             pass
-        return Connection(s.detach())
+        conn = Connection(s.detach())
+        conn.socket()  # made here, once: _Pending.make_room() may shut it down from this thread
+        return conn
 
     def close(self) -> None:
         self._sock.close()
+
+
+class _Pending:
+    """The connections whose handshake is under way, and when each was accepted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[Connection, float] = {}
+
+    def add(self, conn: Connection) -> None:
+        with self._lock:
+            self._since[conn] = time.monotonic()
+
+    def discard(self, conn: Connection) -> None:
+        """*conn* is done with its handshake (or about to be closed): never evict it."""
+        with self._lock:
+            self._since.pop(conn, None)
+
+    def make_room(self) -> bool:
+        """Is there room for one more? Drops the oldest handshake if that makes room."""
+        with self._lock:
+            if len(self._since) < MAX_PENDING:
+                return True
+            conn = min(self._since, key=self._since.__getitem__)
+            if time.monotonic() - self._since[conn] < EVICT_AFTER:
+                return False
+            del self._since[conn]
+            # Under the lock: its thread closes the fd only after discard(), so this fd
+            # is still that connection's. Its thread wakes up to EOF and closes it.
+            try:
+                conn.socket().shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return True
 
 
 class TaskServer(managers.Server):
@@ -163,7 +209,11 @@ class TaskServer(managers.Server):
         return False
 
     def accepter(self) -> None:
+        self._pending = pending = _Pending()
         while not self.stop_event.is_set():
+            if not pending.make_room():
+                time.sleep(0.02)  # a burst: the next connections wait in the backlog
+                continue
             try:
                 c = self.listener.accept()
             except OSError as exc:
@@ -172,10 +222,12 @@ class TaskServer(managers.Server):
                 elif exc.errno in (errno.EBADF, errno.EINVAL):
                     return  # the listener was closed: we are going away
                 continue
+            pending.add(c)
             t = threading.Thread(target=self.handle_request, args=(c,), daemon=True)
             try:
                 t.start()
             except RuntimeError:
+                pending.discard(c)
                 c.close()  # cannot start a thread: refuse this one connection
 
     def handle_request(self, conn: Any) -> None:
@@ -184,22 +236,44 @@ class TaskServer(managers.Server):
         except Exception:
             pass
         finally:
+            self._pending.discard(conn)  # before the fd is closed (see _Pending.make_room)
             conn.close()
 
-    def _handle(self, conn: Any) -> None:
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    def _authenticate(self, conn: Connection) -> Any:
+        """Run the handshake on *conn*; its first request, or ``None`` if it failed.
+
+        One deadline for the whole handshake: a client that sends one byte every few
+        seconds is cut off like a silent one (a timeout per read never would be).
+        """
+        hs = ServerHandshake(self.authkey)
+        deadline = time.monotonic() + HANDSHAKE_DEADLINE
+        fd = conn.fileno()
         try:
-            set_timeouts(sock, HANDSHAKE_TIMEOUT)
+            conn.write(hs.data_to_send())
+            while not hs.done:
+                left = deadline - time.monotonic()
+                if left <= 0 or not conn.wait_readable(left):
+                    return None
+                hs.receive_data(os.read(fd, 4096))
+                out = hs.data_to_send()
+                if out:
+                    conn.write(out)
+        except Exception:
             try:
-                # Authentication first: nothing is unpickled before it succeeds.
-                connection.deliver_challenge(conn, self.authkey)
-                connection.answer_challenge(conn, self.authkey)
-                request = conn.recv()
-            except Exception:
-                return
-            set_timeouts(sock, 0)
+                out = hs.data_to_send()  # a #FAILURE#: tell the client before hanging up
+                if out:
+                    conn.write(out)
+            except OSError:
+                pass
+            return None
         finally:
-            sock.close()
+            self._pending.discard(conn)
+        return hs.request
+
+    def _handle(self, conn: Any) -> None:
+        request = self._authenticate(conn)
+        if request is None:
+            return
         try:
             _ignore, funcname, args, kwds = request
             if funcname not in self.public:
@@ -209,8 +283,13 @@ class TaskServer(managers.Server):
             conn.send(("#TRACEBACK", _format_exc()))
             return
         if funcname == "accept_connection":
-            conn.send(("#RETURN", None))
-            self.serve_client(conn)
+            # A stock client sends no version and gets the stock answer; bgtask's client
+            # gets ours, checks it and names both versions if they differ, and a client
+            # of another version is hung up on after the answer.
+            well_formed, version = hello_version(request)
+            conn.send(("#RETURN", None if version is None else PROTOCOL_VERSION))
+            if well_formed and version in (None, PROTOCOL_VERSION):
+                self.serve_client(conn)
             return
         try:
             msg: tuple[str, Any] = ("#RETURN", func(conn, *args, **kwds))

@@ -12,9 +12,15 @@ text)``. A stock ``BaseManager`` client and proxy work against a supervisor too 
 * a large message is neither joined nor copied in user space on either side: the
   stock path copies a 1 MiB read reply about four times (see :class:`Connection`);
 * every wait is bounded by ``poll`` with a deadline, and a vanished supervisor (EOF,
-  reset, refused) becomes :class:`~bgtask.TaskNotFoundError`, never a raw
-  ``EOFError``/``ConnectionRefusedError`` from deep inside multiprocessing;
+  reset, refused) becomes :class:`~bgtask.TaskNotFoundError` (``_wire.faults``), never a
+  raw ``EOFError``/``ConnectionRefusedError`` from deep inside multiprocessing;
+* writes use ``sendmsg(MSG_NOSIGNAL)``: a peer that died between two calls is an
+  ``EPIPE``, not a ``SIGPIPE`` that kills a client whose SIGPIPE is at ``SIG_DFL``;
 * a connection is never shared across ``fork``: its owner pid is checked on each use.
+
+The framing itself is also here without any I/O (:func:`encode_header`,
+:func:`parse_header`, :class:`FrameDecoder`): the handshake (``_wire.handshake``) and a
+non-blocking client feed it bytes from whatever transport they have.
 """
 
 from __future__ import annotations
@@ -45,8 +51,90 @@ _SMALL = 64 * 1024
 _PREFETCH = 64 * 1024
 #: the longest wait poll() takes, in ms (a C int).
 _POLL_MAX_MS = 2**31 - 1
-#: pieces per writev call (Linux' IOV_MAX is 1024).
+#: pieces per sendmsg call (Linux' IOV_MAX is 1024).
 _IOV_MAX = 1024
+#: a write to a peer that is gone fails with EPIPE instead of raising SIGPIPE.
+_MSG_NOSIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)
+
+
+class ProtocolError(OSError):
+    """The peer broke the wire protocol (a bad length, an unexpected message): whoever
+    is at the other end is not a bgtask peer, or a broken one. Its errno is ``EPROTO``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPROTO, message)
+
+
+# -- sans-I/O framing ------------------------------------------------------------------------
+
+
+def encode_header(n: int) -> bytes:
+    """The header of an *n*-byte message: 4-byte big-endian length, or -1 and 8 bytes."""
+    return _HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _LONG_HEADER.pack(n)
+
+
+def frame(payload: bytes) -> bytes:
+    """*payload* as one message on the wire (header + payload)."""
+    return encode_header(len(payload)) + payload
+
+
+def parse_header(data: Any, pos: int = 0) -> tuple[int, int] | None:
+    """``(size, header_length)`` of the message starting at *data[pos:]*, or ``None``
+    while the header is incomplete.
+
+    :raises ProtocolError: a negative length other than the -1 marker.
+    """
+    if len(data) - pos < 4:
+        return None
+    size = _HEADER.unpack_from(data, pos)[0]
+    if size >= 0:
+        return size, 4
+    if size != -1:
+        raise ProtocolError(f"bad message length {size}")
+    if len(data) - pos < 12:
+        return None
+    return _LONG_HEADER.unpack_from(data, pos + 4)[0], 12
+
+
+class FrameDecoder:
+    """Feed it bytes as they arrive; take whole messages out. No I/O, no pickle.
+
+    :param max_size: the largest message accepted (``None``: any); the handshake bounds
+        its messages as ``multiprocessing`` does (256 bytes), so a peer cannot make it
+        allocate before it is authenticated.
+    """
+
+    __slots__ = ("_buf", "max_size")
+
+    def __init__(self, max_size: int | None = None) -> None:
+        self._buf = bytearray()
+        self.max_size = max_size
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_message(self) -> bytes | None:
+        """The next whole message's payload, or ``None`` until more bytes are fed.
+
+        :raises ProtocolError: a bad length, or one above *max_size*.
+        """
+        head = parse_header(self._buf)
+        if head is None:
+            return None
+        size, hlen = head
+        if self.max_size is not None and size > self.max_size:
+            raise ProtocolError(f"a {size}-byte message where at most {self.max_size} are expected")
+        end = hlen + size
+        if len(self._buf) < end:
+            return None
+        payload = bytes(self._buf[hlen:end])
+        del self._buf[:end]
+        return payload
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet taken out as messages."""
+        return len(self._buf)
 
 
 class Connection(_mpc.Connection):
@@ -70,6 +158,7 @@ class Connection(_mpc.Connection):
     #: supervisor from a later one that got the same pid (see ``Task._conn``).
     token: bytes = b""
     _poller: Any = None
+    _sock: Any = None
     _rcvtimeo = 0.0  # the socket's SO_RCVTIMEO, as last set (0: none)
     #: the peer sends nothing after a message until it is answered (a client's
     #: connection: one reply per request), so a read may ask for more than the header
@@ -81,20 +170,14 @@ class Connection(_mpc.Connection):
         data = os.read(fd, _PREFETCH if self.read_ahead else 4)
         if not data:
             raise EOFError
-        if len(data) < 4:
-            data += _read_exact(fd, 4 - len(data))
-        size = _HEADER.unpack_from(data)[0]
-        pos = 4
-        if size == -1:
-            if len(data) < 12:
-                data += _read_exact(fd, 12 - len(data))
-            size = _LONG_HEADER.unpack_from(data, 4)[0]
-            pos = 12
-        elif size < 0:
-            raise OSError(errno.EPROTO, f"bad message length {size}")
+        head = parse_header(data)
+        while head is None:  # rare: a header split across reads
+            data += _read_exact(fd, (4 if len(data) < 4 else 12) - len(data))
+            head = parse_header(data)
+        size, pos = head
         have = len(data) - pos
         if have > size:
-            raise OSError(errno.EPROTO, "a second message arrived before the first was answered")
+            raise ProtocolError("a second message arrived before the first was answered")
         if size <= _SMALL:
             if have == size:
                 return pickle.loads(memoryview(data)[pos:])
@@ -102,7 +185,7 @@ class Connection(_mpc.Connection):
         reader = _MessageReader(fd, size - have, data[pos:])
         obj = pickle.Unpickler(reader).load()
         if reader.left or reader.buffered:
-            raise OSError(errno.EPROTO, "a message's pickle ended before the message")
+            raise ProtocolError("a message's pickle ended before the message")
         return obj
 
     def send(self, obj: Any) -> None:
@@ -115,18 +198,32 @@ class Connection(_mpc.Connection):
         n = 0
         for part in parts:
             n += len(part)
-        header = _HEADER.pack(n) if n <= 0x7FFFFFFF else _HEADER.pack(-1) + _LONG_HEADER.pack(n)
-        _write_all(self.fileno(), [header, *parts], len(header) + n)
+        header = encode_header(n)
+        _write_all(self.socket(), [header, *parts], len(header) + n)
+
+    def write(self, data: bytes) -> None:
+        """Write bytes that are already framed (the handshake's)."""
+        _write_all(self.socket(), [data], len(data))
+
+    def socket(self) -> Any:
+        """A socket object over this connection's fd, for ``sendmsg``/``setsockopt``;
+        made once, and detached (never closing the fd) when the connection closes."""
+        sock = self._sock
+        if sock is None:
+            sock = self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, self.fileno())
+        return sock
+
+    def _close(self) -> None:  # multiprocessing's close() and __del__ call this
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.detach()  # the fd is closed once, below, never by the socket object
+        os.close(self._handle)  # type: ignore[attr-defined]
 
     def set_receive_timeout(self, seconds: float) -> None:
         """Bound each blocking read (``SO_RCVTIMEO``; 0: none): a read that waits longer
         raises ``BlockingIOError``."""
         if seconds != self._rcvtimeo:
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, self.fileno())
-            try:
-                set_timeouts(sock, seconds, send=False)
-            finally:
-                sock.detach()
+            set_timeouts(self.socket(), seconds, send=False)
             self._rcvtimeo = seconds
 
     def wait_readable(self, timeout: float | None) -> bool:
@@ -216,12 +313,10 @@ class _MessageReader:
                 return b"".join(out)
 
 
-def _read_exact(fd: int, n: int, first: bool = False) -> bytes:
+def _read_exact(fd: int, n: int) -> bytes:
     data = os.read(fd, n)
     if len(data) == n:
         return data
-    if not data and first:
-        raise EOFError
     parts = [data]
     got = len(data)
     while got < n:
@@ -233,13 +328,16 @@ def _read_exact(fd: int, n: int, first: bool = False) -> bytes:
     return b"".join(parts)
 
 
-def _write_all(fd: int, parts: list[Any], total: int = -1) -> None:
-    """``writev`` all of *parts*, *total* bytes if known (a blocking socket can still
-    write short on a signal)."""
+def _write_all(sock: Any, parts: list[Any], total: int = -1) -> None:
+    """Send all of *parts*, *total* bytes if known (a blocking socket can still write
+    short on a signal). ``sendmsg`` rather than ``writev`` for ``MSG_NOSIGNAL``: a client
+    whose SIGPIPE is at ``SIG_DFL`` must get ``EPIPE``, not die, when its supervisor has
+    died between two calls."""
+    sendmsg = sock.sendmsg
     i = 0
     while i < len(parts):
         batch = parts if i == 0 and len(parts) <= _IOV_MAX else parts[i:i + _IOV_MAX]
-        n = os.writev(fd, batch)
+        n = sendmsg(batch, (), _MSG_NOSIGNAL)
         if n == total:
             return  # the common case: all of it at once
         total = -1
@@ -286,4 +384,5 @@ def set_timeouts(sock: Any, seconds: float, send: bool = True) -> None:
     if send:
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, tv)
 
-__all__ = ["Connection", "encode_read_reply", "set_timeouts"]
+__all__ = ["Connection", "FrameDecoder", "ProtocolError", "encode_header", "encode_read_reply", "frame",
+           "parse_header", "set_timeouts"]
