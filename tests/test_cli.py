@@ -276,10 +276,9 @@ def test_ls_with_50_tasks_stays_readable(pool: bgtask.TaskPool) -> None:
              for i in range(50)]
     try:
         started = time.monotonic()
-        proc = bg("ls", COLUMNS="80")
+        shown = _in_a_terminal("ls", COLUMNS="80", NO_COLOR="1")
         elapsed = time.monotonic() - started
-        assert proc.returncode == 0, err(proc)
-        lines = out(proc).splitlines()
+        lines = shown.splitlines()
         assert len(lines) == 51
         assert max(len(line) for line in lines) <= 80
         # aligned: the STATE column starts at the same place on every line
@@ -287,9 +286,15 @@ def test_ls_with_50_tasks_stays_readable(pool: bgtask.TaskPool) -> None:
         assert all(line[col - 1] == " " and line[col:col + 7] == "running" for line in lines[1:])
         assert sorted(int(line.split()[0]) for line in lines[1:]) == sorted(t.pid for t in tasks)
         assert any(line.endswith("...") for line in lines)  # long names and commands are cut
+        # at 80 columns, names and commands share what is left fairly
+        cut = [line for line in lines if "a rather long" in line][0]
+        assert len(cut.split("  ")[-2]) >= 15 and len(cut.split("  ")[-1]) >= 15, cut
         assert elapsed < 10, elapsed
-        wide = bg("ls", "--wide", COLUMNS="80")
-        assert any(len(line) > 80 and line.endswith(" long-argument") for line in out(wide).splitlines())
+        for wide in (_in_a_terminal("ls", "--wide", COLUMNS="80", NO_COLOR="1"), out(bg("ls", COLUMNS="80"))):
+            # -w on a terminal, and any pipe (`ls | cat`): nothing is cut
+            assert "..." not in wide
+            assert "a rather long task name that goes on and on" in wide
+            assert any(len(line) > 80 and line.endswith(" long-argument") for line in wide.splitlines())
     finally:
         proc = bg("rm", "-f", "--timeout", "1", *[str(t.pid) for t in tasks], timeout=90)
         assert proc.returncode == 0, err(proc)
@@ -340,18 +345,18 @@ def test_cat_consumes_unless_told_otherwise(pool: bgtask.TaskPool, capsys: pytes
     try:
         assert task.wait(timeout=10) == 0
         pid = str(task.pid)
-        assert cli(capsys, "cat", pid, "--peek") == (0, "0123456789", "")
-        assert cli(capsys, "cat", pid, "--from", "2", "--to", "5") == (0, "234", "")
-        assert cli(capsys, "cat", pid, "--from", "-3") == (0, "789", "")
-        assert cli(capsys, "cat", pid, "--to", "-7") == (0, "012", "")
-        proc = bg("cat", pid)
-        assert (proc.returncode, out(proc)) == (0, "0123456789")
-        assert cli(capsys, "cat", pid) == (0, "", "")  # consumed
-        assert cli(capsys, "cat", pid, "--from", "6") == (0, "6789", "")  # retained
-        status, _, stderr = cli(capsys, "cat", pid, "--from", "0")
+        assert cli(capsys, "cat", pid, "--peek") == (0, "0123456789", "EEEEE")
+        assert cli(capsys, "cat", pid, "--stdout", "--from", "2", "--to", "5") == (0, "234", "")
+        assert cli(capsys, "cat", pid, "--stdout", "--from", "-3") == (0, "789", "")
+        assert cli(capsys, "cat", pid, "--stdout", "--to", "-7") == (0, "012", "")
+        proc = bg("cat", "--stdout", pid)
+        assert (proc.returncode, out(proc), err(proc)) == (0, "0123456789", "")
+        assert cli(capsys, "cat", pid, "--stdout") == (0, "", "")  # consumed
+        assert cli(capsys, "cat", pid, "--stdout", "--from", "6") == (0, "6789", "")  # retained
+        status, _, stderr = cli(capsys, "cat", pid, "--stdout", "--from", "0")
         assert status == 1
         assert_one_line_error(stderr, "no longer held")
-        assert cli(capsys, "cat", pid, "--stderr") == (0, "EEEEE", "")
+        assert cli(capsys, "cat", pid, "--stderr") == (0, "", "EEEEE")
     finally:
         task.delete()
 
@@ -409,9 +414,11 @@ def _read_until(fd: int, needle: bytes | None, timeout: float = 15.0) -> bytes:
     return data
 
 
-def _under_a_terminal(*args: str) -> tuple[int, int]:
+def _under_a_terminal(*args: str, **extra: str) -> tuple[int, int]:
     """Start ``python -m bgtask ARGS`` with a pty as its controlling terminal."""
-    env = _env()
+    env = _env(**extra)
+    if "NO_COLOR" not in extra:  # the tests decide whether colour is wanted
+        env.pop("NO_COLOR", None)
     with warnings.catch_warnings():  # 3.12+ warns about fork() in a threaded process
         warnings.simplefilter("ignore", DeprecationWarning)
         pid, fd = pty.fork()
@@ -424,6 +431,18 @@ def _under_a_terminal(*args: str) -> tuple[int, int]:
         finally:
             os._exit(127)
     return pid, fd
+
+
+def _in_a_terminal(*args: str, **extra: str) -> str:
+    """What ``python -m bgtask ARGS`` shows on a terminal (stdout and stderr), ``\\r\\n``
+    turned back into ``\\n``; fails unless it exits 0."""
+    pid, fd = _under_a_terminal(*args, **extra)
+    try:
+        shown = _read_until(fd, None)
+        assert _reap(pid) == 0, shown
+    finally:
+        os.close(fd)
+    return shown.decode().replace("\r\n", "\n")
 
 
 def _reap(pid: int, timeout: float = 15.0) -> int:
@@ -454,20 +473,40 @@ def test_tail_follow_under_a_terminal(pool: bgtask.TaskPool) -> None:
         task.delete()
 
 
-def test_ctrl_c_under_a_terminal_is_one_line(pool: bgtask.TaskPool) -> None:
+@pytest.mark.parametrize("command", [
+    pytest.param(["tail", "-f"], id="tail-f"),
+    pytest.param(["wait"], id="wait"),
+])
+def test_ctrl_c_under_a_terminal_exits_quietly_with_130(pool: bgtask.TaskPool, command: list[str]) -> None:
     task = pool.spawn(py("import time; print('ready', flush=True); time.sleep(30)"))
-    pid, fd = _under_a_terminal("tail", "-f", str(task.pid))
+    wait_for(lambda: task.stream("stdout").read(0) == b"ready\n")
+    pid, fd = _under_a_terminal(*command, str(task.pid))
     try:
-        _read_until(fd, b"ready\r\n")
-        time.sleep(0.1)
+        if command[0] == "tail":
+            _read_until(fd, b"ready\r\n")
+        time.sleep(0.3)
         os.write(fd, b"\x03")
         rest = _read_until(fd, None).decode().replace("\r\n", "\n").replace("^C", "")
-        assert _reap(pid) == 1
-        assert_one_line_error(rest, "interrupted")
+        assert _reap(pid) == 130
+        assert rest.replace("ready\n", "").strip() == ""  # no "error: interrupted"
         assert task.info(fresh=True)["status"]["running"]  # the job is not ours to stop
     finally:
         os.close(fd)
         task.delete()
+
+
+def test_ctrl_c_in_spawn_follow_exits_with_130(pool: bgtask.TaskPool) -> None:
+    pid, fd = _under_a_terminal("spawn", "--follow", "--", *py("import time; print('up', flush=True); time.sleep(30)"))
+    try:
+        _read_until(fd, b"up\r\n")
+        time.sleep(0.2)
+        os.write(fd, b"\x03")
+        rest = _read_until(fd, None).decode()
+        assert _reap(pid) == 130
+        assert "error" not in rest
+    finally:
+        os.close(fd)
+        delete_all(pool)
 
 
 # -- send, msg, meta ---------------------------------------------------------------------------
@@ -791,3 +830,172 @@ def test_formatting_helpers() -> None:
     assert _format.value_text({"a": 1}) == '{"a": 1}'
     assert _format.value_text(Opaque()) == "Opaque()"
     assert _format.value_text(float("nan")) == "nan"
+
+
+# -- what a new user falls into (issue 10) -------------------------------------------------------
+
+
+def _pipeline(script: str) -> subprocess.CompletedProcess[bytes]:
+    """*script* run by bash, with ``bgtask`` meaning this checkout's command line."""
+    prelude = f"bgtask() {{ {sys.executable} -m bgtask \"$@\"; }}\n"
+    return subprocess.run(["/bin/bash", "-c", prelude + script], capture_output=True, env=_env(),
+                          timeout=60, cwd=ROOT)
+
+
+def test_cat_into_head_consumes_only_what_got_out(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(py("import sys\nfor i in range(400000): print(f'line {i:07d}')"))  # 5.2 MB
+    try:
+        assert task.wait(timeout=30) == 0
+        total = task.info(fresh=True)["streams"]["stdout"]["limit"]
+        proc = _pipeline(f"bgtask cat {task.pid} | head -2; echo status ${{PIPESTATUS[0]}}")
+        assert proc.stdout == b"line 0000000\nline 0000001\nstatus 141\n", proc.stderr
+        assert proc.stderr == b""
+        held = task.info(fresh=True)["streams"]["stdout"]
+        assert held["unread"] > total - (1 << 20)  # at most what the pipe held was consumed
+        # what is left is exactly the rest: the next read goes on where the pipe broke
+        full = b"".join(f"line {i:07d}\n".encode() for i in range(400000))
+        assert task.stream("stdout").read() == full[held["cursor"]:]
+    finally:
+        task.delete()
+
+
+def test_cat_drains_a_job_that_is_still_writing(pool: bgtask.TaskPool) -> None:
+    # 3 MB through a 256K buffer: the job blocks until cat has made room, several times.
+    code = "import sys, time\nsys.stdout.write('x' * 3000000); sys.stdout.flush(); time.sleep(30)"
+    task = pool.spawn(py(code), max_buffer=256 << 10)
+    try:
+        wait_for(lambda: task.info(fresh=True)["streams"]["stdout"]["limit"] >= 256 << 10)
+        proc = bg("cat", str(task.pid))
+        assert proc.returncode == 0, err(proc)
+        assert len(proc.stdout) == 3000000
+        assert task.info(fresh=True)["status"]["running"]
+    finally:
+        task.delete()
+
+
+def test_cat_and_tail_show_both_streams_each_on_its_own(pool: bgtask.TaskPool) -> None:
+    code = "import sys; print('out 1'); print('err 1', file=sys.stderr); print('out 2'); sys.exit(1)"
+    task = pool.spawn(py(code))
+    pid = str(task.pid)
+    try:
+        assert task.wait(timeout=10) == 1
+        proc = bg("tail", pid)
+        assert (proc.returncode, out(proc), err(proc)) == (0, "out 1\nout 2\n", "err 1\n")
+        proc = bg("tail", "-n", "1", "--stderr", pid)
+        assert (out(proc), err(proc)) == ("", "err 1\n")
+        proc = bg("tail", "-f", "--stdout", pid)
+        assert (out(proc), err(proc)) == ("out 1\nout 2\n", "")
+        proc = bg("cat", "--stderr", pid)
+        assert (proc.returncode, out(proc), err(proc)) == (0, "", "err 1\n")
+        proc = bg("cat", pid)
+        assert (proc.returncode, out(proc), err(proc)) == (0, "out 1\nout 2\n", "")  # stderr was consumed
+        assert task.info(fresh=True)["streams"]["stderr"]["unread"] == 0
+        assert bg("cat", "--stdout", "--stderr", pid).returncode == 2
+    finally:
+        task.delete()
+
+
+def _columns(line: str, names: list[str]) -> list[int]:
+    """The display column at which each of *names* starts in *line*."""
+    from wcwidth import wcswidth
+
+    return [wcswidth(line[:line.index(n)]) for n in names]
+
+
+def test_ls_aligns_wide_characters_by_display_width(pool: bgtask.TaskPool) -> None:
+    pool.spawn(["sleep", "30"], meta={"name": "日本語 🚀"})
+    pool.spawn(["sleep", "31"], meta={"name": "plain"})
+    try:
+        for shown in (out(bg("ls")), _in_a_terminal("ls", COLUMNS="200", NO_COLOR="1")):
+            lines = shown.splitlines()
+            assert _columns(lines[1], ["sleep 30"]) == _columns(lines[2], ["sleep 31"]) == \
+                _columns(lines[0], ["COMMAND"])
+        # cut on a narrow terminal: still no wider than the terminal
+        for line in _in_a_terminal("ls", COLUMNS="72", NO_COLOR="1").splitlines():
+            from wcwidth import wcswidth
+
+            assert wcswidth(line) <= 72, line
+    finally:
+        delete_all(pool)
+
+
+EVIL = "\x1b[31mred\x1b[0m\x07\x9b2J\u202eevil"
+
+
+def test_control_characters_are_shown_escaped(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(["printf", "%s", EVIL], meta={"name": EVIL, "note": EVIL, EVIL: 1})
+    try:
+        assert task.wait(timeout=10) == 0
+        for args in (["ls"], ["ls", "--wide"], ["info", str(task.pid)], ["meta", str(task.pid)]):
+            for shown in (out(bg(*args)), _in_a_terminal(*args, NO_COLOR="1")):
+                for bad in ("\x1b", "\x07", "\x9b", "\u202e"):
+                    assert bad not in shown, (args, shown)
+                assert "\\x1b[31mred" in shown, (args, shown)
+        # the job's own output is its own: cat passes it on as it is
+        assert bg("cat", str(task.pid)).stdout == EVIL.encode()
+    finally:
+        task.delete()
+
+
+def test_colour_on_a_terminal_only(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(["sleep", "30"])
+    try:
+        shown = _in_a_terminal("ls")
+        assert "\x1b[32mrunning" in shown
+        assert "\x1b[" not in _in_a_terminal("ls", NO_COLOR="1")
+        assert "\x1b[" not in out(bg("ls"))
+        pid, fd = _under_a_terminal("info", "999999999")
+        try:
+            shown_err = _read_until(fd, None).decode()
+            assert _reap(pid) == 1
+        finally:
+            os.close(fd)
+        assert "\x1b[1;31mbgtask: error:\x1b[0m no task 999999999" in shown_err
+        assert "\x1b[" not in err(bg("info", "999999999"))
+    finally:
+        task.delete()
+
+
+@pytest.mark.parametrize(("args", "status", "needles"), [
+    pytest.param(["--pool", "/etc/passwd", "ls"], 1, ["/etc/passwd", "not a directory"], id="pool-a-file"),
+    pytest.param(["wait", "1", "--timeout", "-1"], 2, ["must not be negative"], id="negative-timeout"),
+    pytest.param(["tail", "-n", "-2", "1"], 2, ["must not be negative"], id="negative-lines"),
+    pytest.param(["ls", "--bogus"], 2, ["bgtask ls: error: unrecognized arguments: --bogus",
+                                         "bgtask ls --help"], id="option-of-a-command"),
+    pytest.param(["logs", "1"], 2, ["unknown command 'logs'", "'cat' or 'tail'"], id="logs"),
+    pytest.param(["stop", "1"], 2, ["did you mean 'kill'"], id="stop"),
+    pytest.param(["status", "1"], 2, ["did you mean 'info'"], id="status"),
+    pytest.param(["sapwn"], 2, ["did you mean 'spawn'"], id="typo"),
+    pytest.param(["spawn", "--", "ls | wc -l"], 1, ["--shell", "bgtask spawn --shell -- 'ls | wc -l'"],
+                 id="shell-line-as-one-word"),
+])
+def test_errors_speak_the_users_language(pool: bgtask.TaskPool, capsys: pytest.CaptureFixture[str],
+                                        args: list[str], status: int, needles: list[str]) -> None:
+    got, stdout, stderr = cli(capsys, *args)
+    assert (got, stdout) == (status, "")
+    assert_one_line_error(stderr, *needles)
+    assert "[Errno" not in stderr and "not a number" not in stderr
+
+
+def test_a_script_without_a_shebang_gets_a_hint(pool: bgtask.TaskPool, capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    script = tmp_path / "job.sh"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    status, _, stderr = cli(capsys, "spawn", "--", str(script))
+    assert status == 1
+    assert_one_line_error(stderr, "#!")
+    assert pool.search() == []
+
+
+def test_counts_and_values_read_as_english_and_python() -> None:
+    info = {"pid": 1, "status": {"running": False, "exit_code": 0}, "argv": ["true"], "cwd": "/",
+            "meta": {"gone": None, "flag": True}, "streams": {"data": {"start": 0, "limit": 1, "unread": 1},
+                                                              "stdout": {"start": 0, "limit": 1, "unread": 1}}}
+    python = _format.info_lines(info)  # ipython's view
+    assert any(line.endswith("gone = None") for line in python)
+    assert any(line.endswith("flag = True") for line in python)
+    assert any(line.endswith("unread 1 message") for line in python)
+    assert any(line.endswith("unread 1 byte") for line in python)
+    cli_view = _format.info_lines(info, style="json")  # the command line's: JSON
+    assert any(line.endswith("gone = null") for line in cli_view)

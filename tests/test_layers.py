@@ -15,6 +15,8 @@ PKG = pathlib.Path(__file__).resolve().parent.parent / "bgtask"
 
 L0 = {"bgtask._errors", "bgtask._paths", "bgtask._process"}
 THIRD_PARTY_OF_CLIENT = {"dill", "filelock"}
+CLI = {"bgtask", "bgtask._format", "bgtask._cli_args", "bgtask._cli_io", "bgtask._cli_jobs",
+       "bgtask._cli_show"}
 
 #: module prefix -> the bgtask modules (prefixes) it may import
 ALLOWED: dict[str, set[str]] = {
@@ -29,8 +31,13 @@ ALLOWED: dict[str, set[str]] = {
     "bgtask._format": {"bgtask._errors", "bgtask._wire.names"},
     "bgtask.__init__": {"bgtask._errors", "bgtask._client"},
     "bgtask.__main__": {"bgtask.cli"},
-    # the outer layer: the public API (``import bgtask``) and the shared presentation
-    "bgtask.cli": {"bgtask", "bgtask._format"},
+    # the outer layer: the public API (``import bgtask``) and the shared presentation;
+    # the command line's own modules only import one another at that layer
+    "bgtask.cli": CLI,
+    "bgtask._cli_args": CLI,
+    "bgtask._cli_io": CLI,
+    "bgtask._cli_jobs": CLI,
+    "bgtask._cli_show": CLI,
     "bgtask.web": {"bgtask", "bgtask._format", "bgtask.web"},
     "bgtask._bridge": {"bgtask", "bgtask._format", "bgtask._client", "bgtask._wire", "bgtask._paths",
                        "bgtask._process", "bgtask._errors"},
