@@ -40,6 +40,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from bgtask._wire.schema import JobSpec
+
 # -- status reports to the spawner -------------------------------------------------------
 
 def report(msg: tuple[Any, ...], fd: int = 1) -> None:
@@ -67,7 +69,7 @@ def _read_all(fd: int) -> bytes:
 class Startup:
     """What the fast path made, handed to the serving phase."""
 
-    def __init__(self, pool: str, config: dict[str, Any]) -> None:
+    def __init__(self, pool: str, config: JobSpec) -> None:
         self.pool = pool
         self.config = config
         self.pid = os.getpid()

@@ -1,7 +1,7 @@
 """Where output is buffered: the offset arithmetic of every stream.
 
-These are plain data structures without locks; the supervisor's ``TaskState`` holds its
-lock around every call. Offsets are absolute (bytes for byte streams, messages for
+These are plain data structures without locks; the supervisor holds its one lock
+(``lock.py``) around every call. Offsets are absolute (bytes for byte streams, messages for
 message streams) and never go back, across restarts too. For each buffer::
 
     start <= cursor <= limit
@@ -59,7 +59,7 @@ class ByteBuffer:
         self.limit = 0
         self.dropped = 0
         #: bytes consumed by a read whose reply is still being sent: the reply holds them,
-        #: so they count against max_unread until it is out (see TaskState.reply_sent).
+        #: so they count against max_unread until it is out (see Outputs.reply_sent).
         self.inflight = 0
         # chunks[i] holds bytes [starts[i], starts[i] + len(chunks[i])); entries before
         # _head are freed (None) and compacted away from time to time.

@@ -1,7 +1,7 @@
 """The supervisor's ``BaseManager`` server: who may call what, and nothing more.
 
 :class:`TaskManager` registers one typeid, ``TaskState``, whose only instance is the
-supervisor's :class:`~bgtask._state.TaskState`, under the fixed ident
+supervisor's :class:`~bgtask._supervisor.service.TaskService`, under the fixed ident
 ``_protocol.STATE_IDENT``. A stock ``TaskManager(address, authkey).connect()`` client and
 its proxies work; bgtask's own client (``_protocol``) speaks the same wire with one
 connection. :class:`TaskServer` is ``multiprocessing.managers.Server`` with the parts
@@ -18,8 +18,9 @@ that would let a client stop or confuse the supervisor removed:
   connections cannot take all the supervisor's fds (the oldest is dropped for a newcomer);
 * the first request says the client's protocol version (bgtask's clients do); the
   answer is the supervisor's, and a client of another version is hung up on after it;
-* expected errors travel back as exceptions (``#ERROR``); anything else as text
-  (``#TRACEBACK``), which clients raise as ``RemoteError``;
+* errors the caller caused travel back as exceptions (``#ERROR``); anything else as
+  text (``#TRACEBACK``), which clients raise as ``RemoteError`` (``errors.py``);
+* ``info()`` is answered from a pickled reply kept while nothing changed (:class:`InfoReply`);
 * a consuming read whose reply cannot be delivered (the client died) is undone.
 """
 
@@ -27,18 +28,19 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import signal
 import socket
-import sys
 import threading
 import time
 from multiprocessing import managers
 from multiprocessing import process as _mp_process
 
 from bgtask import _paths
-from bgtask._errors import BgTaskError
 from bgtask._supervisor.buffer import Chunks
-from bgtask._supervisor.state import TaskState
+from bgtask._supervisor.errors import caller_error, is_caller_error, untag
+from bgtask._supervisor.job import DELETING, SERVING
+from bgtask._supervisor.service import TaskService
 from bgtask._wire.framing import Connection, encode_read_reply
 from bgtask._wire.handshake import HANDSHAKE_DEADLINE, ServerHandshake, hello_version
 from bgtask._wire.names import EXPOSED, PROTOCOL_VERSION, STATE_IDENT
@@ -66,7 +68,6 @@ SEND_BUFFER = 4 << 20
 FILES_CHECK_INTERVAL = 2.0
 #: the kind of a reply that is already a whole pickled message (never on the wire).
 _ENCODED = "#ENCODED"
-_PASSED_ERRORS = (BgTaskError, ValueError, TypeError, TimeoutError, LookupError, AttributeError)
 
 
 def _format_exc() -> str:
@@ -141,15 +142,16 @@ class _Pending:
 class TaskServer(managers.Server):
     public = ["accept_connection", "create", "decref", "dummy", "get_methods", "incref"]
 
-    def __init__(self, state: TaskState, sock: socket.socket, address: str, authkey: bytes) -> None:
+    def __init__(self, service: TaskService, sock: socket.socket, address: str, authkey: bytes) -> None:
         # Not calling Server.__init__: it would bind a new socket; ours is bound already.
         self.registry = TaskManager._registry  # type: ignore[attr-defined]
         self.authkey = _mp_process.AuthenticationString(authkey)  # type: ignore[attr-defined]
         self.listener = _Listener(sock, address)
         self.address = address
-        self.state = state
+        self.service = service
+        self.info_reply = InfoReply(service)
         self.exposed = frozenset(EXPOSED)
-        self.id_to_obj = {"0": (None, ()), STATE_IDENT: (state, self.exposed, None)}  # type: ignore[dict-item]
+        self.id_to_obj = {"0": (None, ()), STATE_IDENT: (service, self.exposed, None)}  # type: ignore[dict-item]
         self.id_to_refcount = {STATE_IDENT: 1}
         self.id_to_local_proxy_obj: dict[str, Any] = {}
         self.mutex = threading.Lock()
@@ -170,11 +172,11 @@ class TaskServer(managers.Server):
                 # Our socket or token file was removed (the pool directory was deleted, or
                 # someone unlinked them): no client can ever find us again. End like
                 # delete() rather than keep a job running that nobody can reach.
-                _on_term(self.state, self)
+                _on_term(self.service, self)
 
     def _our_files(self) -> list[tuple[str, tuple[int, int] | None]]:
         """(path, (inode, device)) of our socket and token file; ``None``: already gone."""
-        startup = self.state.startup
+        startup = self.service.startup
         files: list[tuple[str, tuple[int, int] | None]] = []
         st = os.fstat(startup.token_fd)
         files.append((_paths.token_path(startup.pool, startup.pid), (st.st_ino, st.st_dev)))
@@ -190,9 +192,9 @@ class TaskServer(managers.Server):
         return files
 
     def _unreachable(self, files: list[tuple[str, tuple[int, int] | None]]) -> bool:
-        state = self.state
-        with state.lock:  # delete() removes the files under it: never mistake that for this
-            if state.deleting or state.exit_requested:
+        job = self.service.job
+        with job.lock:  # delete() removes the files under it: never mistake that for this
+            if job.supervisor is not SERVING:
                 return False
             for path, ident in files:
                 try:
@@ -204,7 +206,7 @@ class TaskServer(managers.Server):
                 else:
                     if ident is not None and (st.st_ino, st.st_dev) == ident:
                         continue
-                state.deleting = True  # claimed: the supervisor is going away (no restart)
+                job.set_supervisor(DELETING)  # claimed: the supervisor is going away (no restart)
                 return True
         return False
 
@@ -315,8 +317,7 @@ class TaskServer(managers.Server):
     # -- calls -----------------------------------------------------------------------------
 
     def serve_client(self, conn: Any) -> None:
-        state = self.state
-        exposed = self.exposed
+        outputs = self.service.outputs
         recv = conn.recv
 
         def send(msg: tuple[str, Any]) -> None:
@@ -331,34 +332,21 @@ class TaskServer(managers.Server):
                 conn.send(msg)
 
         while True:
-            deleted = False
             try:
                 request = recv()
             except (EOFError, OSError):
                 return
             except Exception:
                 msg: tuple[str, Any] = ("#TRACEBACK", _format_exc())  # an unpicklable request
+                deleted = False
             else:
-                try:
-                    ident, methodname, args, kwds = request
-                    if methodname not in exposed:
-                        raise AttributeError(f"{methodname!r} is not a method of a bgtask task")
-                    if ident != STATE_IDENT:
-                        raise LookupError(f"no object {ident!r} in this supervisor")
-                    if methodname == "info" and not args and not kwds:
-                        msg = (_ENCODED, state.info_reply())  # cached while nothing changes
-                    else:
-                        msg = ("#RETURN", getattr(state, methodname)(*args, **kwds))
-                    # Only the thread that answers delete() ends the process, after its
-                    # answer is sent: another client's thread finishing a call meanwhile
-                    # must not cut that answer off (delete() would see the supervisor
-                    # vanish and raise TaskNotFoundError).
-                    deleted = methodname == "delete"
-                except _PASSED_ERRORS as exc:
-                    msg = ("#ERROR", exc)
-                except Exception:
-                    msg = ("#TRACEBACK", _format_exc())
-            rollback = state.take_rollback()
+                msg = self.dispatch(request)
+                # Only the thread that answers delete() ends the process, after its
+                # answer is sent: another client's thread finishing a call meanwhile
+                # must not cut that answer off (delete() would see the supervisor
+                # vanish and raise TaskNotFoundError).
+                deleted = msg[0] == "#RETURN" and _method_of(request) == "delete"
+            claim = outputs.take_claim()
             try:
                 try:
                     send(msg)
@@ -367,45 +355,95 @@ class TaskServer(managers.Server):
                 except Exception:
                     send(("#UNSERIALIZABLE", _format_exc()))
             except (OSError, EOFError):
-                if rollback is not None:
-                    state.rollback(rollback)  # the client is gone: its read never happened
+                if claim is not None:
+                    outputs.rollback(claim)  # the client is gone: its read never happened
                 if deleted:
                     self.finish()
                 return
-            if rollback is not None:
-                state.reply_sent(rollback)
+            if claim is not None:
+                outputs.reply_sent(claim)
             # Do not hold a read's data while waiting for the next request: it has left
             # the buffer and no longer counts against max_buffer.
-            del msg, rollback
+            del msg, claim
             if deleted:
                 self.finish()
+
+    def dispatch(self, request: Any) -> tuple[str, Any]:
+        """The reply to one request ``(ident, method, args, kwds)``: ``("#RETURN",
+        result)``, ``("#ERROR", exc)`` for an error the caller caused, or
+        ``("#TRACEBACK", text)`` for a failure of the supervisor."""
+        try:
+            try:
+                ident, methodname, args, kwds = request
+            except (TypeError, ValueError) as exc:
+                raise caller_error(exc) from None
+            if type(methodname) is not str or methodname not in self.exposed:
+                raise caller_error(AttributeError(f"{methodname!r} is not a method of a bgtask task"))
+            if ident != STATE_IDENT:
+                raise caller_error(LookupError(f"no object {ident!r} in this supervisor"))
+            if methodname == "info" and not args and not kwds:
+                return _ENCODED, self.info_reply.get()  # cached while nothing changes
+            method = getattr(self.service, methodname)
+            try:
+                return "#RETURN", method(*args, **kwds)
+            except TypeError as exc:
+                if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                    # Raised by the call itself, not inside the method: the arguments do
+                    # not fit its signature.
+                    caller_error(exc)
+                raise
+        except Exception as exc:
+            if is_caller_error(exc):
+                return "#ERROR", untag(exc)
+            return "#TRACEBACK", _format_exc()
 
     def finish(self) -> None:
         """End the supervisor (after ``delete``): files are gone, the job is reaped."""
         os._exit(0)
 
 
-def _on_term(state: TaskState, server: TaskServer) -> None:
+class InfoReply:
+    """``("#RETURN", info())`` pickled, as the server sends it; encoded again only when
+    the lock was taken since the last time (see :class:`~bgtask._supervisor.lock.StateLock`).
+    An idle task answers ``info()`` from it: building and pickling the dict was 40% of
+    the cost of a bare call."""
+
+    def __init__(self, service: TaskService) -> None:
+        self.service = service
+        self._cached: tuple[int, bytes] | None = None
+
+    def get(self) -> bytes:
+        lock = self.service.lock
+        with lock.raw:  # not counted: reading the cache changes nothing
+            cached = self._cached
+            if cached is not None and cached[0] == lock.gen:
+                return cached[1]
+            data = pickle.dumps(("#RETURN", self.service.build_info()), pickle.DEFAULT_PROTOCOL)
+            self._cached = (lock.gen, data)
+            return data
+
+
+def _method_of(request: Any) -> object:
     try:
-        state.delete(5.0)
+        return request[1]
+    except Exception:
+        return None
+
+
+def _on_term(service: TaskService, server: TaskServer) -> None:
+    try:
+        service.delete(5.0)
     finally:
         server.finish()
 
 
 def serve(startup: Startup) -> None:
     """Serve the task until it is deleted (or the supervisor gets SIGTERM/SIGINT)."""
-    from bgtask import _errors, _paths
-
-    # Exceptions pickled here must name the package the clients import them from.
-    pkg = sys.modules["bgtask"]
-    for name in _errors.__all__:
-        if not hasattr(pkg, name):
-            setattr(pkg, name, getattr(_errors, name))
     try:
-        state = TaskState(startup)
+        service = TaskService(startup)
         sock = socket.socket(fileno=startup.sock.detach())
         startup.sock = sock
-        server = TaskServer(state, sock, _paths.sock_path(startup.pool, startup.pid),
+        server = TaskServer(service, sock, _paths.sock_path(startup.pool, startup.pid),
                             _paths.authkey_from_token(startup.token))
     except BaseException:
         # We cannot serve: do not leave a job behind that nobody can reach.
@@ -418,11 +456,11 @@ def serve(startup: Startup) -> None:
         raise
 
     def on_signal(signum: int, frame: Any) -> None:
-        threading.Thread(target=_on_term, args=(state, server), daemon=True).start()
+        threading.Thread(target=_on_term, args=(service, server), daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server.serve_forever()
 
 
-__all__ = ["TaskManager", "TaskServer", "serve"]
+__all__ = ["InfoReply", "TaskManager", "TaskServer", "serve"]

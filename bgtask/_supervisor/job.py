@@ -1,0 +1,393 @@
+"""The job's life: one state machine, its runs and exit status, and the one timer.
+
+* :class:`JobState` -- the job's phase; its values are the wire's ``info()["state"]``.
+  :data:`SIGNALLABLE` and friends replace scattered ``state != "exited"`` tests.
+* :data:`TRANSITIONS` -- every legal move, each commented; :meth:`Job._set_phase` is the
+  only writer of :attr:`Job.phase`, and an impossible move raises
+  :class:`~bgtask._supervisor.errors.InternalError` (a ``RemoteError`` for the client).
+* :class:`SupervisorState` -- the supervisor's own life (serving, deleting, exiting).
+* :class:`Run` -- one execution: the job's pid and its I/O (``io.py``).
+* :class:`Job` -- runs, exit status, ``kill``/``restart``/``wait``/``delete``, the
+  "output collected" predicate, and the deadlines that :meth:`Job.tick` honours.
+* :class:`Clock` -- the one thread that calls :meth:`Job.tick` when a deadline is due
+  (started with the first deadline; no thread per timer).
+
+The process side (``posix_spawn``, the reaper, signals) is behind a launcher
+(``runner.ProcessLauncher``), so a :class:`Job` can be driven by a fake one in tests:
+the reaper reports through :meth:`Job.run_stopped`, :meth:`Job.run_continued` and
+:meth:`Job.run_exited`.
+
+Where the operations features go (API.md, "Operations"): a run timeout is a
+``"timeout"`` deadline set in :meth:`Job._begin` whose ``_due_timeout`` moves to
+STOPPING and sets a ``"kill"`` deadline ``grace`` later; a restart policy makes
+:meth:`Job.run_exited` go to BACKOFF with a ``"restart"`` deadline
+(``next_restart_at``); slots start in QUEUED. Each is a ``_due_<kind>`` method.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import threading
+import time
+
+from bgtask._supervisor.errors import InternalError
+from bgtask._wire.names import COLLECT_GRACE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Protocol
+
+    from bgtask._supervisor.io import RunIO
+    from bgtask._supervisor.lock import StateLock
+
+    class Launcher(Protocol):
+        """How a :class:`Job` touches processes (``runner.ProcessLauncher``; fakes in tests)."""
+
+        def launch(self) -> Run:
+            """Start a new run (lock held). :raises SpawnError: it could not start."""
+
+        def watch(self, job: Job, run: Run) -> None:
+            """Start *run*'s threads: its I/O, and a reaper that reports to *job*."""
+
+        def ended(self, run: Run) -> None:
+            """*run* exited (lock held; not reaped yet): release what it held."""
+
+        def signal(self, run: Run, sig: int) -> bool:
+            """Send *sig* to *run*'s process group. :raises ValueError: a bad number."""
+
+        def terminate(self, run: Run, timeout: float, alive: Callable[[], bool]) -> bool:
+            """TERM+CONT, KILL after *timeout* (lock not held); True if it had to KILL."""
+
+    class Pipes(Protocol):
+        """What a :class:`Job` asks about the output pipes (``outputs.Outputs``)."""
+
+        def pipes_open(self) -> bool:
+            """Does any output pipe (of any run) still have a writer?"""
+
+        def pipes_done(self) -> bool:
+            """Nothing more to collect: every pipe at EOF, or its pump held by a full buffer."""
+
+
+class JobState(str, enum.Enum):
+    """The job's phase; ``.value`` is what ``info()["state"]`` says."""
+
+    # Nothing has run yet. Today only between the supervisor's start and the first run
+    # (clients never see it); with ``slot=`` a task waits here for a free slot.
+    QUEUED = "queued"
+    # A run's process is alive and not stopped.
+    RUNNING = "running"
+    # The run is stopped (SIGSTOP/SIGTSTP...), by pause() or by anyone else.
+    PAUSED = "paused"
+    # A stop is under way: TERM was sent, KILL follows after ``grace`` (not used yet:
+    # delete() escalates inline; run timeouts will use it).
+    STOPPING = "stopping"
+    # The run ended and an automatic restart is due at ``next_restart_at`` (not used yet).
+    BACKOFF = "backoff"
+    # The run ended and nothing starts it again by itself; wait() returns only here.
+    EXITED = "exited"
+
+
+QUEUED, RUNNING, PAUSED = JobState.QUEUED, JobState.RUNNING, JobState.PAUSED
+STOPPING, BACKOFF, EXITED = JobState.STOPPING, JobState.BACKOFF, JobState.EXITED
+#: a run exists whose process group may be signalled.
+SIGNALLABLE = frozenset({RUNNING, PAUSED, STOPPING})
+#: no run now, but one will start by itself (delete() cancels it).
+PENDING = frozenset({QUEUED, BACKOFF})
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # the first run starts; or (slots, later) a queued task is deleted or killed
+    QUEUED: frozenset({RUNNING, EXITED}),
+    # stopped by a signal; a stop begins; the run ends (for good, or a restart is due)
+    RUNNING: frozenset({PAUSED, STOPPING, EXITED, BACKOFF}),
+    # continued; a stop begins (TERM+CONT); the run ends (a KILL needs no CONT)
+    PAUSED: frozenset({RUNNING, STOPPING, EXITED, BACKOFF}),
+    # the stopped run ends (a timed-out run may still be restarted by policy)
+    STOPPING: frozenset({EXITED, BACKOFF}),
+    # the automatic restart starts; or it is cancelled (delete, kill, max_restarts)
+    BACKOFF: frozenset({RUNNING, EXITED}),
+    # restart()
+    EXITED: frozenset({RUNNING}),
+}
+
+
+class SupervisorState(str, enum.Enum):
+    """The supervisor's own life; it only moves forward."""
+
+    # Answering clients; the job may be restarted.
+    SERVING = "serving"
+    # delete() (or the loss of our files) claimed the end: no more restarts, and a run
+    # that ends takes its process group's stragglers along.
+    DELETING = "deleting"
+    # The files are removed: the process exits once the delete() reply is out.
+    EXITING = "exiting"
+
+
+SERVING, DELETING, EXITING = SupervisorState.SERVING, SupervisorState.DELETING, SupervisorState.EXITING
+_SUPERVISOR_ORDER = (SERVING, DELETING, EXITING)
+
+
+class Run:
+    """One execution of the job: its pid (the job's process group) and its I/O."""
+
+    __slots__ = ("io", "job_pid")
+
+    def __init__(self, job_pid: int, io: RunIO) -> None:
+        self.job_pid = job_pid
+        self.io = io
+
+
+class _NoPipes:
+    """The :class:`Pipes` of a job without output (tests)."""
+
+    def pipes_open(self) -> bool:
+        return False
+
+    def pipes_done(self) -> bool:
+        return True
+
+
+class Job:
+    """A job's runs and phase. One lock (:class:`~bgtask._supervisor.lock.StateLock`),
+    shared with the streams; :attr:`changed` is notified on every change of phase, run,
+    exit status or collection, :attr:`timers` when a deadline is set.
+
+    Methods marked "lock held" are called by the reaper or the clock with the lock
+    taken; the others take it themselves.
+
+    :param lock: the supervisor's one lock.
+    :param launcher: starts and signals runs (see :class:`Launcher`).
+    :param pipes: the output side, for "collected" and delete's stragglers.
+    :param wake_clock: called (lock held) when a deadline is set, so that a
+        :class:`Clock` runs; ``None`` in tests, which call :meth:`tick` themselves.
+    """
+
+    def __init__(self, lock: StateLock, launcher: Launcher, pipes: Pipes | None = None,
+                 wake_clock: Callable[[], None] | None = None) -> None:
+        self.lock = lock
+        self.launcher = launcher
+        self.pipes: Pipes = pipes if pipes is not None else _NoPipes()
+        self.wake_clock = wake_clock
+        self.changed = lock.condition()
+        self.timers = lock.condition()
+        self.phase = QUEUED
+        self.supervisor = SERVING
+        self.run: Run | None = None
+        #: the run before this one (or the ended one): its pipes may still be open.
+        self.last_run: Run | None = None
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.ended_mono: float | None = None
+        self.restarts = 0
+        #: COLLECT_GRACE has passed since the exit: stop waiting for descendants.
+        self.collect_expired = False
+        #: kind -> ``time.monotonic()`` when :meth:`tick` acts on it (``_due_<kind>``).
+        self.deadlines: dict[str, float] = {}
+        #: called with the new phase on every change (lock held): the streams' eof.
+        self.listeners: list[Callable[[JobState], None]] = []
+
+    # -- the state machine -----------------------------------------------------------------
+
+    def _set_phase(self, new: JobState) -> None:
+        """The one place :attr:`phase` changes (lock held)."""
+        old = self.phase
+        if new not in TRANSITIONS[old]:
+            raise InternalError(f"the job cannot go from {old.value!r} to {new.value!r}")
+        self.phase = new
+        for listener in self.listeners:
+            listener(new)
+        self.changed.notify_all()
+
+    def set_supervisor(self, new: SupervisorState) -> None:
+        """Move the supervisor's life forward (lock held); never back."""
+        if _SUPERVISOR_ORDER.index(new) < _SUPERVISOR_ORDER.index(self.supervisor):
+            raise InternalError(f"the supervisor cannot go from {self.supervisor.value!r} "
+                                f"back to {new.value!r}")
+        self.supervisor = new
+        self.changed.notify_all()
+
+    @property
+    def job_pid(self) -> int | None:
+        """The pid of the running job (None between runs)."""
+        return self.run.job_pid if self.run is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The last run's exit code, or minus its signal; None while not exited."""
+        if self.phase is not EXITED:
+            return None
+        return self.exit_code if self.signal is None else -self.signal
+
+    def collected(self) -> bool:
+        """Exited, and its output is in: every pipe at EOF (or held by a full buffer), or
+        COLLECT_GRACE has passed since the exit (a descendant keeps a pipe open)."""
+        return self.phase is EXITED and (self.collect_expired or self.pipes.pipes_done())
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start(self, run: Run) -> None:
+        """Adopt the first run, started by the boot (lock held)."""
+        self._begin(run)
+
+    def _begin(self, run: Run) -> None:
+        self.run = run
+        self.exit_code = self.signal = None
+        self.started_at = time.time()
+        self.ended_at = self.ended_mono = None
+        self.collect_expired = False
+        self.deadlines.pop("collect", None)
+        self._set_phase(RUNNING)
+        self.launcher.watch(self, run)
+
+    def run_stopped(self, run: Run) -> None:
+        """The reaper saw *run* stop (lock held)."""
+        if run is self.run and self.phase is RUNNING:
+            self._set_phase(PAUSED)
+
+    def run_continued(self, run: Run) -> None:
+        """The reaper saw *run* continue (lock held)."""
+        if run is self.run and self.phase is PAUSED:
+            self._set_phase(RUNNING)
+
+    def run_exited(self, run: Run, exit_code: int | None, sig: int | None) -> None:
+        """*run* exited with *exit_code*, or was killed by *sig* (lock held; not reaped
+        yet, so its pgid is still ours)."""
+        self.exit_code, self.signal = exit_code, sig
+        self.ended_at = time.time()
+        self.ended_mono = time.monotonic()
+        self.run = None
+        self.last_run = run
+        self._set_phase(EXITED)
+        if self.supervisor is not SERVING:
+            # The supervisor is going away: take the job's stragglers along while the
+            # zombie leader still pins the process group id.
+            self.launcher.signal(run, signal.SIGKILL)
+        self.launcher.ended(run)
+        self.set_deadline("collect", self.ended_mono + COLLECT_GRACE)
+
+    # -- operations --------------------------------------------------------------------------
+
+    def kill(self, sig: int) -> bool:
+        """Send *sig* to the running job's group; False if no run is signallable."""
+        with self.lock:
+            run = self.run
+            if run is None or self.phase not in SIGNALLABLE:
+                return False
+            self.launcher.signal(run, sig)
+            # Say "paused" at once (the reaper would say it a moment later).
+            if sig == signal.SIGSTOP and self.phase is RUNNING:
+                self._set_phase(PAUSED)
+            elif sig == signal.SIGCONT and self.phase is PAUSED:
+                self._set_phase(RUNNING)
+            return True
+
+    def restart(self) -> bool:
+        """Run the job again; False unless it has exited (and is not being deleted).
+
+        :raises SpawnError: it could not start (lock held, bad cwd...).
+        """
+        with self.lock:
+            if self.phase is not EXITED or self.supervisor is not SERVING:
+                return False
+            if self.last_run is not None:
+                # What the last run left in a pipe held back by a full buffer comes
+                # before the new run's output, not interleaved with it.
+                self.last_run.io.drain()
+            run = self.launcher.launch()
+            self.restarts += 1
+            self._begin(run)
+            return True
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The returncode once exited and collected; None if *timeout* passed first."""
+        with self.lock:
+            if not self.changed.wait_for(lambda: self.phase is EXITED, timeout):
+                return None
+            # Collect the output: at most COLLECT_GRACE after the exit, whatever the
+            # caller's timeout (the "collect" deadline ends it; the bound is a backstop).
+            assert self.ended_mono is not None
+            self.changed.wait_for(self.collected,
+                                  max(0.0, self.ended_mono + COLLECT_GRACE - time.monotonic()))
+            return self.exit_code if self.signal is None else -self.signal
+
+    def delete(self, timeout: float) -> None:
+        """Claim the supervisor's end; stop the job (TERM+CONT, KILL after *timeout*) and
+        wait for its exit, or stop the stragglers that hold an ended job's pipes."""
+        with self.lock:
+            if self.supervisor is SERVING:
+                self.set_supervisor(DELETING)
+            for kind in list(self.deadlines):
+                if kind != "collect":
+                    del self.deadlines[kind]  # no restart, no timeout: we are going away
+            run = self.run if self.phase in SIGNALLABLE else None
+            last = self.last_run
+            if run is None and last is not None and self.pipes.pipes_open():
+                # Descendants in the ended job's group still hold its pipes: the output
+                # dies with the supervisor, so they go too. (A live member pins the
+                # pgid, so it cannot have been reused.)
+                self.launcher.signal(last, signal.SIGTERM)
+                self.launcher.signal(last, signal.SIGCONT)
+        if run is not None:
+            # Without the lock: the reaper needs it to report the exit.
+            self.launcher.terminate(run, timeout, lambda: self.run is run)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def set_deadline(self, kind: str, at: float) -> None:
+        """Have :meth:`tick` call ``_due_<kind>`` at monotonic time *at* (lock held)."""
+        self.deadlines[kind] = at
+        self.timers.notify_all()
+        if self.wake_clock is not None:
+            self.wake_clock()
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline, or None (lock held)."""
+        return min(self.deadlines.values(), default=None)
+
+    def tick(self, now: float) -> None:
+        """Act on every deadline due at *now* (lock held)."""
+        for kind, at in sorted(self.deadlines.items(), key=lambda item: item[1]):
+            if at <= now and self.deadlines.get(kind) == at:
+                del self.deadlines[kind]
+                getattr(self, "_due_" + kind)(now)
+
+    def _due_collect(self, now: float) -> None:
+        # COLLECT_GRACE after an exit: whoever waits for the output stops waiting for
+        # descendants that still hold a pipe.
+        if self.phase is EXITED:
+            self.collect_expired = True
+            self.changed.notify_all()
+
+
+class Clock:
+    """The supervisor's one timer thread: sleeps on :attr:`Job.timers` until the next
+    deadline and calls :meth:`Job.tick`. Started by the first deadline, so a task whose
+    job never ends costs no thread."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """A deadline was set (lock held): make sure the thread runs."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="clock", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        job = self.job
+        with job.lock:
+            while True:
+                nxt = job.next_deadline()
+                now = time.monotonic()
+                if nxt is not None and nxt <= now:
+                    job.tick(now)
+                else:
+                    job.timers.wait(None if nxt is None else nxt - now)
+
+
+__all__ = ["BACKOFF", "EXITED", "PAUSED", "PENDING", "QUEUED", "RUNNING", "SIGNALLABLE", "STOPPING",
+           "TRANSITIONS", "Clock", "Job", "JobState", "Run", "SupervisorState"]

@@ -1,0 +1,126 @@
+"""The real processes behind a :class:`~bgtask._supervisor.job.Job`: its launcher.
+
+:class:`ProcessLauncher` starts runs (``launch.launch``, with the ``spawn(lock=...)``
+lock), gives each a :class:`~bgtask._supervisor.io.PipeIO`, watches it with a *reaper*
+thread (``waitid``: stops, continues, exit) that reports to the job, and signals and
+terminates its process group (``_process.killpg`` / ``_process.terminate_group``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from bgtask import _paths, _process
+from bgtask._supervisor.errors import caller_error
+from bgtask._supervisor.io import PipeIO
+from bgtask._supervisor.job import Run
+from bgtask._supervisor.launch import StartError, launch, take_lock
+from bgtask._wire.faults import start_error_to_exception
+from bgtask._wire.names import KILL_WAIT, OUTPUT_STREAMS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bgtask._supervisor.boot import Startup
+    from bgtask._supervisor.job import Job
+    from bgtask._supervisor.outputs import Outputs
+    from bgtask._supervisor.stdin import StdinQueue
+
+_STOP_CODES = (os.CLD_STOPPED, os.CLD_TRAPPED, os.CLD_CONTINUED)
+
+
+class ProcessLauncher:
+    """Runs of the job described by *startup*'s spec, wired to *outputs* and *stdin*."""
+
+    def __init__(self, startup: Startup, outputs: Outputs, stdin: StdinQueue) -> None:
+        self.startup = startup
+        self.outputs = outputs
+        self.stdin = stdin
+
+    def adopt(self, fds: tuple[int, int, int, int]) -> Run:
+        """The run the boot started: ``(job pid, stdin_w, stdout_r, stderr_r)``."""
+        job_pid, stdin_w, stdout_r, stderr_r = fds
+        out = dict(zip(OUTPUT_STREAMS, (stdout_r, stderr_r), strict=True))
+        return Run(job_pid, PipeIO(stdin_w, out, self.outputs, self.stdin))
+
+    def launch(self) -> Run:
+        startup = self.startup
+        spec = startup.config
+        if spec["lock"]:
+            try:
+                startup.lock_fd = take_lock(startup.pool, spec["lock"])
+            except StartError as exc:
+                raise start_error_to_exception(exc.args) from None
+        try:
+            fds = launch(spec["argv"], spec["env"], spec["cwd"])
+        except StartError as exc:
+            self._release_lock()
+            raise start_error_to_exception(exc.args) from None
+        _paths.write_job_record(startup.token_fd, fds[0], _process.proc_start_time(fds[0]))
+        return self.adopt(fds)
+
+    def watch(self, job: Job, run: Run) -> None:
+        run.io.start()
+        threading.Thread(target=self._reap, name="reaper", args=(job, run), daemon=True).start()
+
+    def ended(self, run: Run) -> None:
+        _paths.write_job_record(self.startup.token_fd, None, None)
+        self._release_lock()
+
+    def signal(self, run: Run, sig: int) -> bool:
+        try:
+            return _process.killpg(run.job_pid, sig)
+        except ValueError as exc:  # EINVAL: a number the kernel does not know
+            raise caller_error(exc) from None
+
+    def terminate(self, run: Run, timeout: float, alive: Callable[[], bool]) -> bool:
+        return _process.terminate_group(run.job_pid, timeout, alive, kill_wait=KILL_WAIT)
+
+    def _release_lock(self) -> None:
+        # Closing the fd releases the spawn(lock=...) lock.
+        if self.startup.lock_fd >= 0:
+            os.close(self.startup.lock_fd)
+            self.startup.lock_fd = -1
+
+    def _reap(self, job: Job, run: Run) -> None:
+        """The reaper thread of *run*: report its stops, continues and exit to *job*."""
+        pid = run.job_pid
+        flags = os.WEXITED | os.WSTOPPED | os.WCONTINUED | os.WNOWAIT
+        while True:
+            try:
+                status = os.waitid(os.P_PID, pid, flags)
+            except ChildProcessError:
+                return
+            if status is None:
+                continue
+            with job.lock:
+                if status.si_code in _STOP_CODES:
+                    # Consume the notification so the next waitid sees the next one, and
+                    # act on the one consumed, not the one peeked at: a pause() + resume()
+                    # in between replaces "stopped" by "continued", and acting on the
+                    # stale "stopped" would leave the task paused for good while it runs.
+                    try:
+                        status = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WCONTINUED | os.WNOHANG)
+                    except ChildProcessError:
+                        # It has exited since (a pause() then a kill or delete): a zombie
+                        # is not waitable without WEXITED, and Linux says ECHILD. The
+                        # next waitid sees the exit; dying here would hide it for good.
+                        status = None
+                    if status is None:
+                        continue
+                    if status.si_code == os.CLD_CONTINUED:
+                        job.run_continued(run)
+                    else:
+                        job.run_stopped(run)
+                    continue
+                if status.si_code == os.CLD_EXITED:
+                    job.run_exited(run, status.si_status, None)
+                else:
+                    job.run_exited(run, None, status.si_status)
+                os.waitpid(pid, 0)  # reap under the lock: kill() never sees a freed pid
+                return
+
+
+__all__ = ["ProcessLauncher"]
