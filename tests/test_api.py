@@ -22,6 +22,8 @@ TREE = [
     pytest.param(bgtask.OutputGoneError, (bgtask.BgTaskError, LookupError), id="OutputGoneError"),
     pytest.param(bgtask.StreamClosedError, (bgtask.BgTaskError,), id="StreamClosedError"),
     pytest.param(bgtask.RemoteError, (bgtask.BgTaskError,), id="RemoteError"),
+    pytest.param(bgtask.TaskUnresponsiveError, (bgtask.BgTaskError, TimeoutError), id="TaskUnresponsiveError"),
+    pytest.param(bgtask.HostUnreachableError, (bgtask.BgTaskError, ConnectionError), id="HostUnreachableError"),
     pytest.param(bgtask.BgTaskError, (Exception,), id="BgTaskError"),
 ]
 
@@ -53,6 +55,10 @@ ERRORS = [
     pytest.param(bgtask.StreamClosedError("closed"), {}, id="StreamClosedError"),
     pytest.param(bgtask.RemoteError("failed", text="Traceback ...\nKeyError: 1"),
                  {"text": "Traceback ...\nKeyError: 1"}, id="RemoteError"),
+    pytest.param(bgtask.TaskUnresponsiveError("no answer", pid=8, since=1700000000.5),
+                 {"pid": 8, "since": 1700000000.5}, id="TaskUnresponsiveError"),
+    pytest.param(bgtask.HostUnreachableError("ssh failed", host="build1"), {"host": "build1"},
+                 id="HostUnreachableError"),
 ]
 
 
