@@ -2,9 +2,9 @@
 supervisor's fast path: ``os`` and ``time`` only).
 
 * /proc readers: :func:`proc_stat`, :func:`proc_start_time`, :func:`proc_state`,
-  :func:`proc_cmdline_has`, :func:`group_members`;
+  :func:`proc_cmdline_has`, :func:`group_members`, :func:`processes_with_environ`;
 * signals: :func:`killpg` (a group that is already gone is not an error) and
-  :func:`terminate_group`, the one TERM -> CONT -> wait -> KILL escalation that
+  :func:`escalate` / :func:`terminate_group`, the one TERM -> CONT -> wait -> KILL escalation that
   ``delete``, timeouts, restarts and the sweeping of orphans all use.
 
 Whoever calls these owns the pid: a pid is only signalled while the caller can prove it
@@ -108,6 +108,56 @@ def killpg(pgid: int, sig: int) -> bool:
     return True
 
 
+def processes_with_environ(needles: tuple[bytes, ...], uid: int) -> dict[int, int | None]:
+    """Processes of *uid* (not this one) whose environment holds every entry of
+    *needles* (``b"NAME=value"``, compared whole): ``{pid: start time}``.
+
+    The start time lets a caller that signals them later prove each pid is still the
+    process it found, not a reused pid.
+    """
+    me = os.getpid()
+    found: dict[int, int | None] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if all(n in env for n in needles):
+            found[int(name)] = proc_start_time(int(name))
+    return found
+
+
+def escalate(send: Callable[[int], None], timeout: float, alive: Callable[[], bool],
+             kill_wait: float = 10.0) -> bool:
+    """``send`` TERM and CONT, wait up to *timeout* s for ``alive()`` to turn false,
+    then ``send`` KILL and wait up to *kill_wait* s more. Returns True if it had to KILL.
+
+    The one escalation; :func:`terminate_group` aims it at a process group, a sweeper
+    at the processes it found by their environment.
+    """
+    for sig in (SIGTERM, SIGCONT):
+        send(sig)
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not alive():
+        return False
+    send(SIGKILL)
+    deadline = time.monotonic() + kill_wait
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return True
+
+
 def terminate_group(pgid: int, timeout: float, alive: Callable[[], bool],
                     also: Callable[[int], None] | None = None, kill_wait: float = 10.0) -> bool:
     """TERM and CONT to group *pgid*, wait up to *timeout* s for ``alive()`` to turn
@@ -121,34 +171,25 @@ def terminate_group(pgid: int, timeout: float, alive: Callable[[], bool],
     own test: for the supervisor "my child is not reaped yet, or its group has members",
     for a sweeper "the recorded start time still matches".
     """
-    escalated = False
-    for sig in (SIGTERM, SIGCONT):
+    def send(sig: int) -> None:
         killpg(pgid, sig)
         if also is not None:
             also(sig)
-    deadline = time.monotonic() + timeout
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if alive():
-        escalated = True
-        killpg(pgid, SIGKILL)
-        if also is not None:
-            also(SIGKILL)
-        deadline = time.monotonic() + kill_wait
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return escalated
+
+    return escalate(send, timeout, alive, kill_wait)
 
 
 __all__ = [
     "SIGCONT",
     "SIGKILL",
     "SIGTERM",
+    "escalate",
     "group_alive",
     "group_members",
     "is_gone",
     "killpg",
     "proc_cmdline_has",
+    "processes_with_environ",
     "proc_start_time",
     "proc_state",
     "proc_stat",

@@ -790,7 +790,7 @@ def test_reprs_tell_where_things_stand(pool: bgtask.TaskPool) -> None:
         assert repr(done) == f"<bgtask.Task {done.pid} exited 0>"
         killed.kill()
         assert killed.wait(timeout=10) == -9
-        assert repr(killed) == f"<bgtask.Task {killed.pid} killed by SIGKILL>"
+        assert repr(killed) == f"<bgtask.Task {killed.pid} killed SIGKILL>"  # the words of ls
         assert repr(done.stream("stdout")) == f"<bgtask.Stream {done.pid}/stdout start=0 limit=6 unread=6 bytes eof>"
         assert repr(pool) == f"<bgtask.TaskPool {str(pool.path)!r} 3 tasks>"
     finally:

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -40,6 +41,7 @@ from test_security import run_as
 
 import bgtask
 from bgtask import _paths, _process
+from bgtask._client.spawn import build_spec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -620,8 +622,8 @@ def test_a_new_supervisor_replaces_stale_files_under_its_own_pid(pool: bgtask.Ta
     from bgtask._supervisor import server as _server
 
     p = str(pool.path)
-    cfg = pool._spawn_config(["sleep", "60"], None, None, {"who": "new"}, 0, 1 << 20, "block",
-                             False, None)
+    cfg = build_spec(pool.backend, ["sleep", "60"], meta={"who": "new"}, retain_output=0,
+                     max_buffer=1 << 20)
     r, w = os.pipe()
     child = fork()
     if child == 0:  # pragma: no cover -- the child becomes a supervisor and never returns
@@ -670,13 +672,15 @@ def test_pool_directory_deleted_under_running_tasks(pool: bgtask.TaskPool) -> No
     with pytest.raises(bgtask.TaskNotFoundError):
         bgtask.Task(tasks[0].pid, pool).info()
     assert pool.search() == []
-    with pytest.raises(bgtask.SpawnError, match="cannot create the task's files in pool .*No such file"):
-        pool.spawn(["sleep", "60"])
+    assert not os.path.exists(pool.path), "reading does not bring the directory back"
     assert time.monotonic() - t0 < 2
-    # Nobody can reach those tasks any more: their supervisors notice, and end like delete.
+    # A spawn makes the pool again, as it makes any missing pool (0700) ...
+    pool.spawn(["true"]).delete()
+    assert stat.S_IMODE(os.lstat(pool.path).st_mode) == 0o700
+    # ... but nobody can reach the old tasks any more: their supervisors notice (their
+    # files are gone), and end like delete.
     for pid in [t.pid for t in tasks] + jobs:
         wait_for(lambda pid=pid: not pid_alive(pid), timeout=10)
-    os.mkdir(pool.path, 0o700)  # for the fixture
 
 
 @pytest.mark.parametrize("suffix", [".sock", ".token"])

@@ -48,7 +48,7 @@ def test_stream_names_and_numbers(pool: bgtask.TaskPool) -> None:
 
 
 def test_offsets_are_absolute(pool: bgtask.TaskPool) -> None:
-    task = finished(pool, "import sys; sys.stdout.write('0123456789')")
+    task = finished(pool, "import sys; sys.stdout.write('0123456789')", retain_output=0)
     try:
         out = task.stream("stdout")
         assert (out.start, out.limit) == (0, 10)
@@ -91,7 +91,7 @@ def test_end_past_limit_is_cut_at_limit(pool: bgtask.TaskPool) -> None:
 
 
 def test_output_gone_error_says_where_the_stream_begins(pool: bgtask.TaskPool) -> None:
-    task = finished(pool, "import sys; sys.stdout.write('x' * 100)")
+    task = finished(pool, "import sys; sys.stdout.write('x' * 100)", retain_output=0)
     try:
         out = task.stream("stdout")
         assert len(out.read()) == 100
@@ -230,7 +230,7 @@ def test_follow_yields_until_end_of_stream_and_consumes(pool: bgtask.TaskPool) -
 
 @pytest.mark.timeout(20)
 def test_follow_from_start_does_not_consume(pool: bgtask.TaskPool) -> None:
-    task = pool.spawn(py(TICKER))
+    task = pool.spawn(py(TICKER), retain_output=0)
     try:
         out = task.stream("stdout")
         assert b"".join(out.follow(0)) == b"0\n1\n2\n3\n4\n"

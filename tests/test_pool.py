@@ -92,6 +92,8 @@ def test_relative_path_is_made_absolute(scratch: str, monkeypatch: pytest.Monkey
     p = bgtask.TaskPool("sub")
     assert p.path == Path(scratch, "sub")
     assert p.path.is_absolute()
+    monkeypatch.chdir("/")
+    _first_spawn(p)  # created where it was named, not in the current directory
     assert os.path.isdir(os.path.join(scratch, "sub"))
 
 
@@ -108,9 +110,20 @@ def test_module_functions_use_the_default_pool(pool: bgtask.TaskPool) -> None:
 
 # -- the directory -----------------------------------------------------------------------------
 
-def test_missing_directory_is_created_0700(scratch: str, umask0: None) -> None:
+def _first_spawn(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(["true"])
+    task.delete()
+
+
+def test_missing_directory_is_created_0700_by_the_first_spawn(scratch: str, umask0: None) -> None:
     path = os.path.join(scratch, "new")
-    bgtask.TaskPool(path)
+    p = bgtask.TaskPool(path)
+    assert not os.path.exists(path), "only a spawn creates a pool directory"
+    assert p.search() == [] and p.clean() == []
+    with pytest.raises(bgtask.TaskNotFoundError):
+        bgtask.Task(12345, p).info()
+    assert not os.path.exists(path), "reading never creates a pool directory"
+    _first_spawn(p)
     assert os.path.isdir(path)
     assert _mode(path) == 0o700
 
@@ -119,7 +132,7 @@ def test_missing_directory_is_created_0700_under_a_strict_umask(scratch: str) ->
     old = os.umask(0o777)
     try:
         path = os.path.join(scratch, "strict")
-        bgtask.TaskPool(path)
+        _first_spawn(bgtask.TaskPool(path))
     finally:
         os.umask(old)
     assert _mode(path) == 0o700
@@ -129,6 +142,7 @@ def test_missing_parents_are_created_too(scratch: str) -> None:
     path = os.path.join(scratch, "a", "b")
     p = bgtask.TaskPool(path)
     assert p.path == Path(path)
+    _first_spawn(p)
     assert _mode(path) == 0o700
 
 
@@ -182,7 +196,6 @@ def test_longest_accepted_path_works(scratch: str) -> None:
             bgtask.TaskPool(path + "p")
         except ValueError:
             break
-        os.rmdir(path + "p")
         path += "p"
     assert len(path) > len(scratch) + 10, "even short paths are refused"
     p = bgtask.TaskPool(path)
@@ -218,6 +231,7 @@ def test_missing_system_pool_is_created_1777(monkeypatch: pytest.MonkeyPatch, sc
     monkeypatch.delenv("BGTASK_POOL", raising=False)
     monkeypatch.setattr(_pool, "SYSTEM_POOL", system)
     assert bgtask.default_pool().path == Path(system)
+    _first_spawn(bgtask.default_pool())
     assert _mode(system) == 0o1777
 
 
@@ -229,6 +243,7 @@ def test_default_pool_falls_back_to_xdg_runtime_dir(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
     p = bgtask.default_pool()
     assert p.path == Path(xdg, "bgtask")
+    _first_spawn(p)
     assert _mode(p.path) == 0o700
 
 
@@ -239,6 +254,7 @@ def test_default_pool_falls_back_to_tmp(monkeypatch: pytest.MonkeyPatch, scratch
     monkeypatch.setattr(tempfile, "tempdir", scratch)
     p = bgtask.default_pool()
     assert p.path == Path(scratch, f"bgtask-{os.geteuid()}")
+    _first_spawn(p)
     assert _mode(p.path) == 0o700
 
 

@@ -551,7 +551,8 @@ def test_restart_reruns_the_same_job_and_offsets_continue(pool: bgtask.TaskPool,
     code = ("import json, os, sys;"
             "sys.stdout.write(json.dumps([os.getcwd(), os.environ['BGT_MARK'], sys.argv[1:]]) + '\\n');"
             "sys.stdout.flush(); sys.stderr.write('e\\n'); sys.stdin.read(); sys.exit(3)")
-    task = pool.spawn(py(code) + ["arg"], env={"BGT_MARK": "same"}, cwd=tmp_path)
+    # retain_output=0: what was read is freed, so start shows the offsets going on
+    task = pool.spawn(py(code) + ["arg"], env={"BGT_MARK": "same"}, cwd=tmp_path, retain_output=0)
     try:
         out = task.stream("stdout")
         first_line = out.read(timeout=10)
@@ -892,19 +893,19 @@ def test_forked_child_does_not_reuse_the_parents_connection(pool: bgtask.TaskPoo
     task = pool.spawn(["sleep", "30"])
     try:
         task.connect()
-        conn = task._local.conn  # white-box: the parent's connection
+        conn = task._conns.peek()  # white-box: the parent's connection
         parent_inode = os.fstat(conn.fileno()).st_ino
 
         def in_child() -> bytes:
             task.info(fresh=True)
-            used = task._local.conn
+            used = task._conns.peek()
             ok = (used is not conn and os.fstat(used.fileno()).st_ino != parent_inode
                   and used.owner_pid == os.getpid())
             return b"ok" if ok else b"shared"
 
         _code, answer = child_result(*start_in_child(in_child))
         assert answer == b"ok", answer
-        assert task._local.conn is conn, "the parent keeps its connection"
+        assert task._conns.peek() is conn, "the parent keeps its connection"
         assert task.info(fresh=True)["pid"] == task.pid
     finally:
         task.delete()

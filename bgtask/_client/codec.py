@@ -49,19 +49,31 @@ _ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
 
 
-def _plain(obj: Any, depth: int = 0) -> bool:
+def _plain(obj: Any, depth: int = 0, seen: set[int] | None = None) -> bool:
     """Plain data: atoms, and lists, tuples, sets and dicts of plain data (exact types:
-    a subclass is a class to name). Deep or self-containing structures are not."""
+    a subclass is a class to name). Deep structures are not.
+
+    Each container is looked at once (*seen*, by id): a structure that shares its parts
+    (``x = [x, x]`` thirty times over is 31 lists but 2**30 paths) costs its size, not
+    its number of paths. A container met again -- shared, or containing itself -- is
+    plain as far as this walk goes; pickle writes shared and self-containing lists,
+    dicts and sets by reference, like dill.
+    """
     t = type(obj)
     if t in _ATOMS:
         return True
     if depth > 32:
         return False
-    if t in _CONTAINERS:
-        return all(_plain(x, depth + 1) for x in obj)
+    if t not in _CONTAINERS and t is not dict:
+        return False
+    if seen is None:
+        seen = set()
+    if id(obj) in seen:
+        return True
+    seen.add(id(obj))
     if t is dict:
-        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in obj.items())
-    return False
+        return all(_plain(k, depth + 1, seen) and _plain(v, depth + 1, seen) for k, v in obj.items())
+    return all(_plain(x, depth + 1, seen) for x in obj)
 
 
 def encode(obj: Any, what: str = "value") -> bytes:

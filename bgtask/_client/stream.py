@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
@@ -31,12 +31,14 @@ FOLLOW_SLICE = 10.0
 FOLLOW_CHUNK = 4 << 20
 #: largest piece of stdin sent in one call (the supervisor buffers 1 MiB).
 STDIN_CHUNK = 1 << 20
-#: most bytes of messages that write_many() sends in one call.
-WRITE_MANY_BATCH = 16 << 20
 
 
 def stream_name(which: object) -> str:
-    """0/1/2 or a name -> the stream's name. :raises ValueError: unknown stream."""
+    """0/1/2 or a name -> the stream's name.
+
+    :raises ValueError: an unknown stream.
+    :raises TypeError: neither an int nor a str.
+    """
     if isinstance(which, bool):
         raise TypeError("a stream is 0, 1, 2 or a name, not a bool")
     if isinstance(which, int):
@@ -59,28 +61,59 @@ def _check_offset(name: str, value: object) -> None:
         raise ValueError(f"{name} must be >= 0, not {value}")
 
 
-class Stream:
-    """One stream of a task. ``start``/``limit``/``eof`` ask the supervisor on each access."""
+#: how a stream calls its supervisor: ``call(method, *args, blocks_for=...)``.
+Caller = Callable[..., Any]
 
-    def __init__(self, task: Task, name: str) -> None:
+
+class Stream:
+    """One stream of a task. ``start``/``limit``/``eof`` ask the supervisor on each access.
+
+    ``Stream(task, which)`` is ``task.stream(which)``.
+
+    :param task: the task.
+    :param which: 0/"stdin", 1/"stdout", 2/"stderr", "data" or "control".
+    :raises TypeError: *task* is not a :class:`~bgtask.Task`, or *which* has the wrong type.
+    :raises ValueError: an unknown stream.
+    """
+
+    def __init__(self, task: Task, which: int | str) -> None:
+        from bgtask._client.task import Task
+
+        if not isinstance(task, Task):
+            raise TypeError(f"a Stream belongs to a bgtask.Task, not {type(task).__name__}")
+        made = task.stream(which)  # checks *which*; the task hands over its call function
+        self._setup(task, made._name, made._call)
+
+    @classmethod
+    def _of(cls, task: Task, name: str, call: Caller) -> Stream:
+        """The stream *name* (already checked) of *task*, calling through *call*."""
+        self = cls.__new__(cls)
+        self._setup(task, name, call)
+        return self
+
+    def _setup(self, task: Task, name: str, call: Caller) -> None:
         self._task = task
         self._name = name
+        self._call = call
 
     @property
     def name(self) -> str:
+        """The stream's name: stdin, stdout, stderr, data or control."""
         return self._name
 
     @property
     def task(self) -> Task:
+        """The task whose stream this is."""
         return self._task
 
     @property
     def is_messages(self) -> bool:
+        """A message stream (data, control): it counts and returns Python objects."""
         return self._name in MESSAGE_STREAMS
 
     def info(self) -> dict[str, Any]:
         """The stream's part of the info dict (start, limit, cursor, unread, eof, ...)."""
-        return dict(self._task._call("stream_info", self._name))
+        return dict(self._call("stream_info", self._name))
 
     @property
     def start(self) -> int:
@@ -152,7 +185,7 @@ class Stream:
         args: tuple[Any, ...] = (self._name, start, end, consume, timeout)
         if max_bytes is not None:
             args += (max_bytes,)
-        return self._task._call("stream_read", *args, blocks_for=timeout)
+        return self._call("stream_read", *args, blocks_for=timeout)
 
     def follow(self, start: int | None = None) -> Iterator[Any]:
         """Yield output until the end of the stream: bytes chunks, or single messages.
@@ -205,7 +238,7 @@ class Stream:
             # the parent is still yielding.
             if done < len(blobs) and os.getpid() == reader:
                 try:
-                    self._task._call("stream_putback", self._name, blobs[done:], consumed_end)
+                    self._call("stream_putback", self._name, blobs[done:], consumed_end)
                 except (BgTaskError, OSError):
                     pass  # the supervisor is gone, and the messages with it
 
@@ -232,7 +265,7 @@ class Stream:
             raise ValueError(f"{self._name} cannot be written: it is the job's output")
         if self.is_messages:
             blob = _codec.encode(data, "message")
-            return int(self._task._call("stream_write", self._name, blob, None))
+            return int(self._call("stream_write", self._name, blob, None))
         if isinstance(data, str):
             payload = data.encode("utf-8")
         elif isinstance(data, (bytes, bytearray, memoryview)):
@@ -243,17 +276,18 @@ class Stream:
         limit = 0
         for i in range(0, max(len(payload), 1), STDIN_CHUNK):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            limit = int(self._task._call("stream_write", "stdin", payload[i:i + STDIN_CHUNK], remaining,
+            limit = int(self._call("stream_write", "stdin", payload[i:i + STDIN_CHUNK], remaining,
                                          blocks_for=remaining))
         return limit
 
     def write_many(self, objects: Iterable[Any]) -> int:
-        """Send several messages (data/control) in one call each ~16 MiB of them.
+        """Send several messages (data/control) in one call.
 
         Every object is encoded before anything is sent; the messages arrive in order,
-        and those sent in one call with no other writer's message between them. One
-        round trip instead of one per message: for many small messages, 10x or more
-        faster than :meth:`write` in a loop.
+        with no other writer's message between them, however many there are (they
+        travel in one call, so the caller and the supervisor each hold all of them
+        once). One round trip instead of one per message: for many small messages, 10x
+        or more faster than :meth:`write` in a loop.
 
         :returns: the stream's limit after the last message.
         :raises TypeError: *objects* is not iterable, or one of them cannot be serialized
@@ -270,24 +304,16 @@ class Stream:
             raise TypeError(f"write_many() takes an iterable of messages, not "
                             f"{type(objects).__name__}") from None
         blobs = [_codec.encode(obj, f"message {i}") for i, obj in enumerate(items)]
-        limit: int | None = None
-        batch: list[bytes] = []
-        size = 0
-        for blob in blobs:
-            if batch and size + len(blob) > WRITE_MANY_BATCH:
-                limit = int(self._task._call("stream_write", self._name, batch, None))
-                batch, size = [], 0
-            batch.append(blob)
-            size += len(blob)
-        if batch or limit is None:
-            limit = int(self._task._call("stream_write", self._name, batch, None))
-        return limit
+        # One call, whatever the size: the supervisor appends a call's messages under its
+        # lock, so nothing can come between them; split into several calls, another
+        # writer's message could land between two of them.
+        return int(self._call("stream_write", self._name, blobs, None))
 
     def close(self) -> None:
         """stdin: the job sees end of file once everything written is delivered."""
         if self._name != "stdin":
             raise ValueError(f"only stdin can be closed, not {self._name}")
-        self._task._call("stream_close", "stdin")
+        self._call("stream_close", "stdin")
 
 
 __all__ = ["Stream", "stream_name"]

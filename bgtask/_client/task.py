@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import os
 import signal as _signal
-import threading
-import time
-import weakref
 from typing import Any
 
-from bgtask import _process
+from bgtask import _format
 from bgtask._client import codec as _codec
 from bgtask._client import connection as _protocol
-from bgtask._client.pool import TaskPool, _sweep
+from bgtask._client.cache import ConnectionCache
+from bgtask._client.pool import TaskPool
 from bgtask._client.stream import Stream, stream_name
 from bgtask._errors import BgTaskError, TaskNotFoundError
 from bgtask._wire.checks import check_timeout as _check_timeout
-from bgtask._wire.faults import SupervisorDeadError
-from bgtask._wire.framing import Connection
 from bgtask._wire.names import EXPOSED
 
 
 def signal_number(sig: Any) -> int:
     """``9``, ``"KILL"``, ``"SIGKILL"``, ``"kill"`` or ``signal.SIGKILL`` -> 9.
 
-    :raises ValueError: an unknown name or number. :raises TypeError: another type.
+    :raises ValueError: an unknown name or number.
+    :raises TypeError: another type.
     """
     if isinstance(sig, bool):
         raise TypeError("a signal is an int, a name or a signal.Signals, not a bool")
@@ -53,9 +50,16 @@ class Task:
     after ``os.fork()`` reconnects in the child, never sharing the parent's socket).
     The first connection binds the handle to that supervisor: if it ends and a later
     task of the pool gets the same pid, this handle raises :exc:`TaskNotFoundError`
-    instead of steering the newcomer (a new ``Task(pid)`` reaches the newcomer).
+    instead of steering the newcomer (a new ``Task(pid)`` reaches the newcomer). See
+    :class:`~bgtask._client.cache.ConnectionCache`.
 
-    :raises TypeError: *pid* is not an int. :raises ValueError: *pid* is not positive.
+    Everything that depends on where the pool lives goes through ``pool.backend``.
+
+    :param pid: the supervisor's pid.
+    :param pool: its pool; ``None``: the default pool, which finds the task wherever the
+        default could have put it.
+    :raises TypeError: *pid* is not an int, or *pool* not a TaskPool.
+    :raises ValueError: *pid* is not positive.
     """
 
     def __init__(self, pid: int, pool: TaskPool | None = None) -> None:
@@ -67,16 +71,9 @@ class Task:
             raise TypeError(f"pool must be a TaskPool, not {type(pool).__name__}")
         self._pid = pid
         self._pool = pool if pool is not None else TaskPool()
-        self._local = threading.local()
-        # Weak: a thread's connection lives in its thread-local slot and is closed when
-        # the thread ends; a strong list here would keep one socket (and one thread in the
-        # supervisor) per thread that ever used this handle, until disconnect().
-        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._conns_lock = threading.Lock()
+        backend = self._pool.backend
+        self._conns = ConnectionCache(pid, lambda: backend.connect(pid))
         self._info: dict[str, Any] | None = None
-        #: the token of the supervisor this handle first reached. pids are reused: once
-        #: bound, the handle refuses a later supervisor that got the same pid.
-        self._token: bytes | None = None
 
     @property
     def pid(self) -> int:
@@ -85,6 +82,7 @@ class Task:
 
     @property
     def pool(self) -> TaskPool:
+        """The pool the task lives in."""
         return self._pool
 
     def __eq__(self, other: object) -> bool:
@@ -103,83 +101,16 @@ class Task:
             return f"<bgtask.Task {self._pid} gone>"
         except BgTaskError as exc:
             return f"<bgtask.Task {self._pid} ({type(exc).__name__})>"
-        name = info["meta"].get("name")
-        tail = f" {name!r}" if isinstance(name, str) else ""
-        return f"<bgtask.Task {self._pid} {describe_status(info)}{tail}>"
+        return _format.task_title(self._pid, info)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         """IPython: the repr, plus a summary of ``info()`` when shown on its own."""
-        from bgtask._format import pretty_task
-
-        pretty_task(self, p, cycle)
+        _format.pretty_task(self, p, cycle)
 
     # -- connection --------------------------------------------------------------------------
 
-    def _conn(self) -> Connection:
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and conn.owner_pid == os.getpid() and not conn.closed:
-            return conn
-        if conn is not None and conn.owner_pid != os.getpid():
-            self._forget_inherited()
-        try:
-            conn = _protocol.open_connection(str(self._pool.path), self._pid)
-        except SupervisorDeadError as exc:
-            _sweep(str(self._pool.path), self._pid)
-            raise TaskNotFoundError(str(exc), self._pid) from None
-        self._bind(conn)
-        self._local.conn = conn
-        with self._conns_lock:
-            self._conns.add(conn)
-        return conn
-
-    def _bind(self, conn: Connection) -> None:
-        """Tie this handle to the supervisor behind *conn*, or refuse a different one.
-
-        :raises TaskNotFoundError: the supervisor this handle knew is gone and its pid
-            now belongs to another task.
-        """
-        with self._conns_lock:
-            if self._token is None:
-                self._token = conn.token
-                return
-            if conn.token == self._token:
-                return
-        conn.close()
-        raise TaskNotFoundError(f"task {self._pid} is gone: its pid now belongs to a newer task "
-                                f"(use bgtask.Task({self._pid}) for that one)", self._pid)
-
-    def _forget_inherited(self) -> None:
-        # After fork: the parent's connections are not ours to use. Closing our copies of
-        # the fds does not disturb the parent's sockets.
-        with self._conns_lock:
-            for c in list(self._conns):
-                if c.owner_pid != os.getpid():
-                    try:
-                        c.close()
-                    except OSError:
-                        pass
-            self._conns = weakref.WeakSet(c for c in self._conns if c.owner_pid == os.getpid())
-        self._conns_lock = threading.Lock()
-        self._local = threading.local()
-
-    def _drop(self, conn: Connection) -> None:
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        with self._conns_lock:
-            self._conns.discard(conn)
-        try:
-            conn.close()
-        except OSError:
-            pass
-
     def _call(self, method: str, *args: Any, blocks_for: float | None = 0.0, **kwds: Any) -> Any:
-        conn = self._conn()
-        try:
-            return _protocol.call(conn, self._pid, method, args, kwds, blocks_for)
-        except BaseException:
-            if conn.closed:
-                self._drop(conn)
-            raise
+        return self._conns.call(method, *args, blocks_for=blocks_for, **kwds)
 
     def connect(self, fail_reason: dict[str, Any] | None = None) -> bool:
         """Connect to the supervisor (in this thread).
@@ -190,7 +121,7 @@ class Task:
         :raises AccessDeniedError: the task belongs to someone else.
         """
         try:
-            self._conn()
+            self._conns.get()
         except BgTaskError as exc:
             if fail_reason is None:
                 raise
@@ -200,17 +131,13 @@ class Task:
 
     def disconnect(self) -> None:
         """Close this handle's connections (in every thread of this process)."""
-        with self._conns_lock:
-            conns, self._conns = list(self._conns), weakref.WeakSet()
-        for c in conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-        self._local = threading.local()
+        self._conns.close_all()
 
     def call_remote_method(self, name: str, *args: Any, **kwds: Any) -> Any:
-        """Call one of the exposed ``TaskState`` methods with raw wire values."""
+        """Call one of the exposed ``TaskState`` methods with raw wire values.
+
+        :raises ValueError: *name* is not an exposed method.
+        """
         if name not in EXPOSED:
             raise ValueError(f"unknown remote method {name!r}: one of {', '.join(EXPOSED)}")
         blocks = None if name in ("wait", "stream_read", "stream_write", "delete") else 0.0
@@ -227,6 +154,28 @@ class Task:
             return self._keep_info(self._call("info"))
         return self._info
 
+    @property
+    def state(self) -> str:
+        """Where the job stands now (asked afresh each time, unlike :meth:`info`):
+        ``queued``, ``running``, ``paused``, ``stopping``, ``backoff`` or ``exited``.
+
+        :raises TaskNotFoundError: the supervisor is gone.
+        """
+        info = self.info(fresh=True)
+        state = info.get("state")
+        if isinstance(state, str):
+            return state
+        st = info["status"]  # a supervisor that does not report a state yet
+        return "paused" if st.get("paused") else "running" if st.get("running") else "exited"
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The task's meta, decoded (asked afresh each time, unlike :meth:`info`).
+
+        :raises TaskNotFoundError: the supervisor is gone.
+        """
+        return dict(self.info(fresh=True)["meta"])
+
     def _keep_info(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Cache an info dict from the wire, its meta decoded."""
         raw["meta"] = _codec.decode_meta(raw["meta"])
@@ -235,13 +184,7 @@ class Task:
 
     def _load_info_once(self) -> None:
         """Fetch info on a throw-away connection (search: many tasks, worker threads)."""
-        conn = _protocol.open_connection(str(self._pool.path), self._pid)
-        try:
-            self._bind(conn)
-            raw = _protocol.call(conn, self._pid, "info", (), {}, 0.0)
-        finally:
-            conn.close()
-        self._keep_info(raw)
+        self._keep_info(self._conns.call_once("info"))
 
     def apply_meta(self, mapping: dict[str, Any] | None = None, /, **kw: Any) -> dict[str, Any]:
         """Merge into the task's meta (``dict.update`` semantics); returns the new meta.
@@ -262,13 +205,19 @@ class Task:
         return meta
 
     def stream(self, which: int | str) -> Stream:
-        """A :class:`Stream`: 0/"stdin", 1/"stdout", 2/"stderr", "data" or "control"."""
-        return Stream(self, stream_name(which))
+        """A :class:`Stream`: 0/"stdin", 1/"stdout", 2/"stderr", "data" or "control".
+
+        :raises ValueError: an unknown stream.
+        """
+        return Stream._of(self, stream_name(which), self._conns.call)
 
     # -- control ---------------------------------------------------------------------------------
 
     def kill(self, sig: Any = "KILL") -> bool:
-        """Send *sig* to the job's process group; False if the job was not running."""
+        """Send *sig* to the job's process group; False if the job was not running.
+
+        :raises ValueError: an unknown signal.
+        """
         return bool(self._call("kill", signal_number(sig)))
 
     def pause(self, flag: bool = True) -> bool:
@@ -276,12 +225,14 @@ class Task:
         return self.kill(_signal.SIGSTOP if flag else _signal.SIGCONT)
 
     def resume(self) -> bool:
+        """SIGCONT the job; False if it was not running."""
         return self.kill(_signal.SIGCONT)
 
     def restart(self) -> bool:
         """Re-execute the job if it has ended (same argv, env, cwd).
 
-        :returns: False if it is still running. :raises SpawnError: it cannot start.
+        :returns: False if it is still running.
+        :raises SpawnError: it cannot start.
         """
         ok = bool(self._call("restart"))
         self._info = None
@@ -293,17 +244,40 @@ class Task:
         # COLLECT_GRACE (1 s) for the output after the exit is included in the answer wait
         return self._call("wait", timeout, blocks_for=None if timeout is None else timeout + 1.5)
 
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop the job and wait for it: TERM (and CONT, so that a paused job sees it),
+        KILL after *timeout* seconds. The supervisor and the output stay (unlike
+        :meth:`delete`).
+
+        :param timeout: seconds from TERM to KILL (``None``: the task's ``grace``,
+            default 5.0).
+        :returns: the job's returncode; that of its last run if it was not running.
+        :raises ValueError: a negative or non-finite *timeout*.
+        """
+        _check_timeout(timeout)
+        if timeout is None:
+            timeout = float(self.info(fresh=True).get("grace", 5.0))
+        if self.kill("TERM"):
+            self.kill("CONT")
+            code = self.wait(timeout=timeout)
+            if code is not None:
+                return code
+            self.kill("KILL")
+        return self.wait()
+
     def delete(self, timeout: float = 5.0) -> None:
         """Terminate the job (TERM+CONT, KILL after *timeout*); the supervisor removes its
         files and exits. Returns when both are gone.
 
         :raises TaskNotFoundError: the task is already gone.
+        :raises ValueError: a negative or non-finite *timeout*.
         """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError("timeout must be a non-negative number")
-        _check_timeout(timeout)  # and finite
-        start_time = _process.proc_start_time(self._pid)
-        conn = self._conn()
+        _check_timeout(timeout)
+        backend = self._pool.backend
+        start_time = backend.start_time(self._pid)
+        conn = self._conns.get()
         try:
             _protocol.call(conn, self._pid, "delete", (float(timeout),), {}, timeout + 12.0)
             # The supervisor exits right after its answer: its end of the socket closes.
@@ -313,30 +287,10 @@ class Task:
                 except (EOFError, OSError):
                     pass
         finally:
-            self._drop(conn)
-            self.disconnect()
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            if (_process.proc_state(self._pid) in (None, "Z")
-                    or _process.proc_start_time(self._pid) != start_time):
-                break
-            time.sleep(0.002)
+            self._conns.drop(conn)
+            self._conns.close_all()
+        backend.wait_gone(self._pid, start_time, 5.0)
         self._info = None
-
-
-def describe_status(info: dict[str, Any]) -> str:
-    """``running``, ``paused``, ``exited 0`` or ``killed by SIGKILL``."""
-    st = info["status"]
-    if st["paused"]:
-        return "paused"
-    if st["running"]:
-        return "running"
-    if st.get("signal") is not None:
-        try:
-            return f"killed by {_signal.Signals(st['signal']).name}"
-        except ValueError:
-            return f"killed by signal {st['signal']}"
-    return f"exited {st.get('exit_code')}"
 
 
 _current: tuple[int, Task | None] | None = None
@@ -358,4 +312,4 @@ def current() -> Task | None:
     return task
 
 
-__all__ = ["Task", "current", "describe_status", "signal_number"]
+__all__ = ["Task", "current", "signal_number"]

@@ -1,0 +1,262 @@
+"""Spawning: ``spawn()``'s options checked one by one into a :class:`JobSpec`, and the
+start of a local supervisor with the reading of its reports.
+
+Every option is checked in the caller, before anything starts: one validator per
+option (:data:`_VALIDATORS`), each adding its part to the spec. What depends on where
+the pool lives (the environment the job's is added to, the default working directory,
+the pool directory the job is told about) comes from the pool's backend, so that a
+remote backend builds the same spec.
+
+A local supervisor is started as an isolated interpreter that reads the spec (marshal)
+from its stdin and writes length-prefixed marshal reports to its stdout: ``("pid", n)``
+as soon as it has forked, then ``("ok", pid)`` once the job was exec'd, or
+``("error", kind, ...)`` (see :func:`bgtask._wire.faults.start_error_to_exception`).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bgtask._client import codec as _codec
+from bgtask._errors import SpawnError
+from bgtask._wire.faults import start_error_to_exception
+from bgtask._wire.names import SUPERVISOR_MARKER
+
+if TYPE_CHECKING:
+    from bgtask._client.backend import PoolBackend
+    from bgtask._wire.schema import JobSpec
+
+#: the default of ``spawn(max_buffer=)``: most unread bytes held per output stream.
+DEFAULT_MAX_BUFFER = 64 << 20
+#: the default of ``spawn(retain_output=)``: bytes kept readable after they were read, so
+#: that ``bgtask cat`` followed by ``bgtask tail`` still shows the end.
+DEFAULT_RETAIN_OUTPUT = 1 << 20
+#: how long spawn() waits for a supervisor to report before giving up on it.
+SPAWN_TIMEOUT = 30.0
+_LOCK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,99}\Z")
+#: the bgtask package directory (the boot line makes it the path of a bare "bgtask" module).
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The supervisor's command line: an isolated interpreter (-I -S: no site, no user
+# paths, no PYTHON* variables) that imports bgtask's supervisor modules without
+# bgtask/__init__ (and so without dill and filelock). The module name doubles as the
+# "is this a supervisor?" marker that sweeping looks for.
+_BOOT = ("import sys;m=type(sys)('bgtask');m.__path__=[sys.argv[1]];sys.modules['bgtask']=m;"
+         f"import {SUPERVISOR_MARKER.decode()}.boot as s;s.main(sys.argv[2])")
+
+
+# -- options -> JobSpec ----------------------------------------------------------------------
+
+
+def _no_nul(what: str, value: str) -> None:
+    # execve() and chdir() take C strings: a NUL would cut the value short silently in
+    # the supervisor (or fail there, after the files were made).
+    if "\0" in value:
+        raise ValueError(f"{what} must not contain NUL characters")
+
+
+def _check_argv(spec: JobSpec, argv: Any, shell: Any) -> None:
+    if not isinstance(shell, bool):
+        raise TypeError("shell must be a bool")
+    spec["shell"] = shell
+    if shell:
+        if not isinstance(argv, str):
+            raise TypeError("with shell=True, argv must be a str (a shell command line)")
+        _no_nul("argv", argv)
+        spec["command"] = argv
+        spec["argv"] = ["/bin/sh", "-c", argv]
+        return
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a list of str (exec form); pass shell=True to run a "
+                        "command line through /bin/sh")
+    if not isinstance(argv, Sequence):
+        raise TypeError(f"argv must be a list of str, not {type(argv).__name__}")
+    args = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in argv]
+    if not args:
+        raise ValueError("argv must not be empty")
+    if args[0] == "":
+        # posix_spawn refuses it in the supervisor, after the files were made.
+        raise ValueError("argv[0] (the program) must not be an empty string")
+    for a in args:
+        if not isinstance(a, str):
+            raise TypeError(f"argv must be a list of str, found {type(a).__name__} {a!r}")
+        _no_nul("argv", a)
+    spec["command"] = None
+    spec["argv"] = args
+
+
+def _check_env(env: Any) -> dict[str, str | None]:
+    """The caller's changes to the environment (a value of None removes the variable)."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    updates: dict[str, str | None] = {}
+    for k, v in env.items():
+        if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+            raise ValueError(f"bad environment variable name {k!r}")
+        if v is not None and (not isinstance(v, str) or "\0" in v):
+            raise TypeError(f"env value of {k!r} must be a str or None, not {v!r}")
+        updates[k] = v
+    return updates
+
+
+def _check_cwd(cwd: Any, default: Callable[[], str]) -> str:
+    if cwd is None:
+        return default()
+    path = os.fspath(cwd)
+    if not isinstance(path, str):
+        raise TypeError(f"cwd must be a str or an os.PathLike of str, not {type(path).__name__}")
+    _no_nul("cwd", path)
+    return os.path.abspath(path)
+
+
+def _check_size(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def _check_on_full(value: Any) -> bool:
+    if value not in ("block", "drop"):
+        raise ValueError(f"on_full must be 'block' or 'drop', not {value!r}")
+    return bool(value == "drop")
+
+
+def _check_lock(lock: Any) -> str | None:
+    if lock is None:
+        return None
+    if not isinstance(lock, str):
+        raise TypeError(f"lock must be a str, not {type(lock).__name__}")
+    if not _LOCK_NAME.match(lock):
+        raise ValueError(f"bad lock name {lock!r}: use letters, digits and _.@+- (at most 100)")
+    return lock
+
+
+def _check_meta(meta: Any) -> dict[str, bytes]:
+    # encode_meta raises TypeError for a non-dict, a non-str key or a value dill refuses.
+    return _codec.encode_meta({} if meta is None else dict(meta) if isinstance(meta, Mapping) else meta)
+
+
+def build_spec(backend: PoolBackend, argv: Any, *, env: Any = None, cwd: Any = None, meta: Any = None,
+               retain_output: Any = DEFAULT_RETAIN_OUTPUT, max_buffer: Any = DEFAULT_MAX_BUFFER,
+               on_full: Any = "block", shell: Any = False, lock: Any = None) -> JobSpec:
+    """Check ``spawn()``'s options and build the spec a supervisor of *backend* runs.
+
+    :raises TypeError: an option of the wrong type, or a meta value dill cannot serialize.
+    :raises ValueError: a bad value (empty argv, NUL characters, a negative size, ...).
+    :raises SpawnError: ``cwd=None`` and the current directory was deleted.
+    """
+    spec: JobSpec = {}
+    _check_argv(spec, argv, shell)
+    updates = _check_env(env)
+    spec["cwd"] = _check_cwd(cwd, backend.default_cwd)
+    spec["retain"] = _check_size("retain_output", retain_output, 0)
+    spec["max_buffer"] = _check_size("max_buffer", max_buffer, 1)
+    spec["drop"] = _check_on_full(on_full)
+    spec["lock"] = _check_lock(lock)
+    spec["meta"] = _check_meta(meta)
+    spec["env"] = backend.job_env(updates)
+    return spec
+
+
+# -- a local supervisor ----------------------------------------------------------------------
+
+
+def start_supervisor(pool: str, spec: JobSpec) -> int | None:
+    """Start one supervisor for *spec* in local pool directory *pool*.
+
+    :returns: its pid once the job runs; None on a name collision (files of another
+        user hold the name of the pid it got: the caller tries again).
+    :raises SpawnError: the job could not be started (the supervisor's own reason).
+    :raises TaskLockedError: its lock is held.
+    """
+    exe = sys.executable
+    if not exe:
+        raise SpawnError("cannot start a supervisor: sys.executable is unknown")
+    data = marshal.dumps(dict(spec))  # a TypedDict is a plain dict: marshal-able
+    try:
+        proc = subprocess.Popen(
+            [exe, "-I", "-S", "-c", _BOOT, _PKG_DIR, pool],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            close_fds=True, start_new_session=True, cwd="/", env=spec["env"],
+        )
+    except OSError as exc:
+        raise SpawnError(f"cannot start a supervisor ({exe}): {exc.strerror}", exc.errno, exe) from None
+    pid = None
+    final: tuple[Any, ...] | None = None
+    err = b""
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        for msg in _read_reports(proc.stdout.fileno(), SPAWN_TIMEOUT):
+            if msg[0] == "pid":
+                pid = msg[1]
+            else:
+                final = msg
+                break
+        if final is None:
+            err = _read_stderr(proc.stderr.fileno())
+    finally:
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()
+        proc.wait()  # the intermediate exits right after its fork
+    if final is not None and final[0] == "ok":
+        return int(final[1])
+    if final is not None:
+        if final[1] == "collision":
+            return None
+        raise start_error_to_exception(final[1:])
+    # No report: the supervisor died or hung while starting. Leave nothing behind.
+    if pid is not None:
+        from bgtask._client.sweep import sweep
+
+        sweep(pool, pid, force_if_silent=True)
+    text = err.decode(errors="replace").strip()
+    raise SpawnError("cannot start the job: the supervisor " +
+                     (f"failed: {text.splitlines()[-1]}" if text else "did not report in time"))
+
+
+def _read_reports(fd: int, timeout: float) -> Iterator[Any]:
+    """Yield the supervisor's length-prefixed marshal reports until EOF or *timeout*."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while True:
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            n = int.from_bytes(buf[:4], "big")
+            yield marshal.loads(buf[4 : 4 + n])
+            buf = buf[4 + n :]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        r, _, _ = select.select([fd], [], [], remaining)
+        if not r:
+            return
+        part = os.read(fd, 65536)
+        if not part:
+            return
+        buf += part
+
+
+def _read_stderr(fd: int) -> bytes:
+    """What a supervisor that died without a report said (waits at most 1 s for it)."""
+    r, _, _ = select.select([fd], [], [], 1.0)
+    return os.read(fd, 65536) if r else b""
+
+
+__all__ = ["DEFAULT_MAX_BUFFER", "DEFAULT_RETAIN_OUTPUT", "SPAWN_TIMEOUT", "build_spec",
+           "start_supervisor"]
