@@ -178,11 +178,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     def restart(task_id: int) -> None:
         task = task_of(args, task_id)
         if task.info(fresh=True)["status"]["running"]:
-            task.kill("TERM")
-            task.kill("CONT")  # a paused job must run to see its TERM
-            if task.wait(timeout=args.timeout) is None:
-                task.kill("KILL")
-                task.wait()
+            task.stop(timeout=args.timeout)  # TERM (+CONT), KILL after the timeout
         if not task.restart():
             raise Failure(f"task {task_id}: the job is running again (restarted by someone else?)")
 
