@@ -133,6 +133,13 @@ class LocalBackend:
             return _protocol.open_connection(where, pid)
         except SupervisorDeadError:
             report = _sweep.sweep(where, pid)
+        except TaskNotFoundError:
+            # Reset or closed while connecting: a supervisor that is dying, or dead with
+            # its socket still closing. The sweep proves death itself (the socket must
+            # refuse); if it does not, the error stands as it was.
+            report = _sweep.sweep(where, pid)
+            if report is None:
+                raise
         what = "its supervisor died (killed?)"
         if report is not None:
             what += "; its job was stopped" if report.job_stopped else "; its job had ended"
