@@ -13,10 +13,10 @@ import threading
 import time
 
 import pytest
-from helpers import py
+from helpers import py, wait_for
 
 import bgtask
-from bgtask import _paths
+from bgtask import _paths, _process
 from bgtask._client import connection
 
 
@@ -60,8 +60,6 @@ def test_a_client_with_default_sigpipe_survives_a_supervisor_dying_between_calls
 
 
 def _alive(pid: int) -> bool:
-    from bgtask import _process
-
     return not _process.is_gone(pid)
 
 
@@ -93,6 +91,7 @@ def test_a_stopped_supervisor_is_unresponsive_within_about_a_second(pool: bgtask
     task = sleeper(pool)
     os.kill(task.pid, signal.SIGSTOP)
     try:
+        wait_for(lambda: _process.proc_state(task.pid) == "T")  # every thread stopped
         t0 = time.monotonic()
         with pytest.raises(bgtask.TaskUnresponsiveError) as info:
             bgtask.Task(task.pid).info()
@@ -115,6 +114,7 @@ def test_a_call_in_flight_to_a_stopped_supervisor_is_unresponsive(
         monkeypatch.setattr(connection, "ANSWER_GRACE", 0.5)
         os.kill(task.pid, signal.SIGSTOP)
         try:
+            wait_for(lambda: _process.proc_state(task.pid) == "T")  # every thread stopped
             with pytest.raises(bgtask.TaskUnresponsiveError):
                 handle.info(fresh=True)
         finally:
