@@ -807,7 +807,7 @@ def test_ipython_pretty_printers(pool: bgtask.TaskPool, monkeypatch: pytest.Monk
         shown = pretty(task).splitlines()
         assert shown[0] == f"<bgtask.Task {task.pid} running 'nightly import'>"
         assert any(re.fullmatch(r" +command +sleep 30", line) for line in shown)
-        assert any(re.fullmatch(r' +meta +name = "nightly import"', line) for line in shown)
+        assert any(re.fullmatch(r" +meta +name = 'nightly import'", line) for line in shown)  # Python, not JSON
         # inside a list (search results) a task stays one line
         assert pretty(pool.search()) == f"[<bgtask.Task {task.pid} running 'nightly import'>]"
         shown = pretty(pool).splitlines()
