@@ -104,11 +104,13 @@ def sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
 def wait_dead(task: bgtask.Task, timeout: float = 2.0) -> None:
     """Wait until *task*'s supervisor is dead, and its socket refuses connections: the
     leader thread of a killed process is a zombie a moment before the process's other
-    threads are gone and its files closed."""
+    threads are gone and its files closed. (Or its socket is gone already: a client that
+    saw it die has swept it.)"""
     from bgtask._client.connection import refuses as _refuses
 
     path = str(task.pool.path / f"{task.pid}.sock")
-    wait_for(lambda: not pid_alive(task.pid) and _refuses(path), timeout=timeout)
+    wait_for(lambda: not pid_alive(task.pid) and (not os.path.exists(path) or _refuses(path)),
+             timeout=timeout)
 
 
 def dead_socket(path: str) -> None:
