@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import bgtask
+from bgtask import _format
 
 PROG = "bgtask"
 #: bytes asked of the supervisor at a time by ``cat`` (its replies are capped anyway).
@@ -68,7 +69,8 @@ def error_text(exc: BaseException) -> str:
 
 def error(message: str, status: int = 1) -> int:
     """Print *message* as our one-line error on stderr (red on a terminal); *status*."""
-    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    # A message may quote a name or a command a job chose: escaped like the tables.
+    lines = [_format.printable(line.strip()) for line in str(message).strip().splitlines() if line.strip()]
     try:
         sys.stdout.flush()
     except (OSError, ValueError):
