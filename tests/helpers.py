@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 PY = sys.executable
@@ -152,3 +153,20 @@ def child_result(pid: int, fd: int) -> tuple[int, bytes]:
         report += part
     os.close(fd)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), report
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """``kill -STOP`` process *pid* (waiting until every thread is stopped) for the body,
+    ``kill -CONT`` after it, whatever happens."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _proc_state(pid) == "T")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _proc_state(pid: int) -> str:
+    data = _read(f"/proc/{pid}/stat")
+    return data[data.rfind(b")") + 2 : data.rfind(b")") + 3].decode()

@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from helpers import py, wait_for
+from helpers import py, stopped, wait_for
 
 import bgtask
 from bgtask import _format
@@ -999,3 +999,23 @@ def test_counts_and_values_read_as_english_and_python() -> None:
     assert any(line.endswith("unread 1 byte") for line in python)
     cli_view = _format.info_lines(info, style="json")  # the command line's: JSON
     assert any(line.endswith("gone = null") for line in cli_view)
+
+
+def test_a_stopped_supervisor_in_ls_and_info(pool: bgtask.TaskPool, spawn) -> None:
+    """issue 10 #4: ls lists it as unresponsive within about a second (red on a terminal,
+    like other failing states); info exits 1 with one line that says since when."""
+    frozen = spawn(["sleep", "60"], meta={"name": "frozen"})
+    with stopped(frozen.pid):
+        t0 = time.monotonic()
+        shown = bg("ls")
+        took = time.monotonic() - t0
+        assert shown.returncode == 0, err(shown)
+        row = [line for line in out(shown).splitlines() if line.split()[:1] == [str(frozen.pid)]]
+        assert row and row[0].split()[1] == "unresponsive", out(shown)
+        assert took < 6.0, f"ls took {took:.1f} s (a whole connect timeout is 10 s)"
+        assert "\x1b[31munresponsive" in _in_a_terminal("ls")
+        listed = json.loads(out(bg("ls", "--json")))
+        assert [(i["pid"], i["state"]) for i in listed] == [(frozen.pid, "unresponsive")]
+        shown = bg("info", str(frozen.pid))
+        assert shown.returncode == 1
+        assert_one_line_error(err(shown), str(frozen.pid), "stopped", "since", f"kill -CONT {frozen.pid}")

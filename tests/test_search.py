@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import pid_alive, py
+from helpers import pid_alive, py, stopped
 
 import bgtask
 
@@ -163,3 +164,30 @@ def test_clean_deletes_finished_tasks_and_returns_their_pids(pool: bgtask.TaskPo
         assert running.info(fresh=True)["status"]["running"] is True
     finally:
         running.delete()
+
+
+def test_a_stopped_supervisor_is_listed_as_unresponsive(pool: bgtask.TaskPool, spawn) -> None:
+    """kill -STOP on a supervisor: search lists it (state "unresponsive", since when, its
+    live job) within about a second instead of dropping it, and pattern/where see that."""
+    frozen = spawn(["sleep", "60"], meta={"name": "frozen"})
+    other = spawn(["sleep", "60"], meta={"name": "other"})
+    job = frozen.info()["child_pid"]
+    with stopped(frozen.pid):
+        t0 = time.monotonic()
+        found = pool.search()
+        took = time.monotonic() - t0
+        assert pids(found) == sorted([frozen.pid, other.pid])
+        assert took < 4.0, f"search took {took:.1f} s"
+        info = next(t for t in found if t.pid == frozen.pid).info()  # the placeholder, cached
+        assert info["state"] == "unresponsive" and info["pid"] == frozen.pid
+        assert info["owner"] == os.geteuid() and info["child_pid"] == job
+        assert isinstance(info["since"], float) and abs(info["since"] - time.time()) < 30
+        assert info["meta"] == {} and info["status"]["running"] is True
+        assert pids(pool.search(state="unresponsive")) == [frozen.pid]
+        assert pids(pool.search(lambda i: i["state"] != "unresponsive")) == [other.pid]
+        assert pids(pool.search(meta={"name": "other"})) == [other.pid]
+        assert frozen.pid not in pool.clean()  # not known to be finished: left alone
+        with pytest.raises(bgtask.TaskUnresponsiveError) as exc:
+            bgtask.Task(frozen.pid, pool).info()
+        assert "stopped" in str(exc.value) and f"kill -CONT {frozen.pid}" in str(exc.value)
+    assert frozen.info(fresh=True)["state"] == "running"  # answers again once continued

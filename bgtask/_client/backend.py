@@ -14,7 +14,7 @@ methods), however its bytes travel.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from bgtask._client.sweep import SweepReport
@@ -56,6 +56,14 @@ class PoolBackend(Protocol):
 
     def sweep(self, pid: int) -> SweepReport | None:
         """Sweep task *pid* if its supervisor is proven dead; None if it is not."""
+        ...
+
+    def unresponsive_info(self, pid: int, since: float | None) -> dict[str, Any]:
+        """The info placeholder ``search()`` lists for task *pid* whose supervisor does
+        not answer (stopped, hung): ``state`` ``"unresponsive"``, ``since`` (when the
+        unanswered wait began), and what can be known without the supervisor (``pid``,
+        ``owner``, ``child_pid`` when its job is alive; ``meta`` empty). It has every key
+        of an info dict so that ``pattern`` and ``where`` run on it as on any other."""
         ...
 
     def job_env(self, updates: Mapping[str, str | None]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from bgtask import _paths, _process
 from bgtask._errors import AccessDeniedError, TaskNotFoundError
-from bgtask._wire.faults import SupervisorDeadError, map_fault, reply_result
+from bgtask._wire.faults import Stopped, SupervisorDeadError, map_fault, reply_result
 from bgtask._wire.framing import Connection, set_timeouts
 from bgtask._wire.handshake import ClientHandshake
 from bgtask._wire.names import ANSWER_GRACE, CONNECT_TIMEOUT, STATE_IDENT
@@ -154,7 +154,7 @@ def _connect(path: str, pid: int, deadline: float, since: float) -> Connection:
                 # EAGAIN: the backlog stayed full for a slice. A stopped supervisor never
                 # empties it; a busy one does.
                 if _stopped(pid):
-                    raise map_fault(TimeoutError(str(exc)), pid, "connecting", True, since) from None
+                    raise map_fault(Stopped(str(exc)), pid, "connecting", True, since) from None
             except OSError as exc:
                 raise map_fault(exc, pid, "connecting", True, since) from None
         return Connection(sock.detach())
@@ -173,7 +173,7 @@ def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, sinc
                 raise TimeoutError(errno.ETIMEDOUT, "the handshake's deadline passed")
             if not conn.wait_readable(min(left, SILENT_PROBE)):
                 if _stopped(pid):
-                    raise TimeoutError(errno.ETIMEDOUT, "the supervisor is stopped")
+                    raise Stopped(errno.ETIMEDOUT, "the supervisor is stopped")
                 continue
             hs.receive_data(os.read(fd, 4096))
             out = hs.data_to_send()

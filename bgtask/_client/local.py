@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths, _process
 from bgtask._client import connection as _protocol
@@ -146,6 +146,35 @@ class LocalBackend:
             if report.removed:
                 what += " and its files were removed"
         raise TaskNotFoundError(f"task {pid} is gone: {what}", pid)
+
+    def unresponsive_info(self, pid: int, since: float | None) -> dict[str, Any]:
+        # What the files and /proc say without the supervisor: enough for ls to show the
+        # task (and for pattern/where to match it), never a guess at what it would say.
+        where = self._dir_of(pid) or self._dir
+        owner: int | None = None
+        created: float | None = None
+        try:
+            st = os.lstat(_paths.sock_path(where, pid))
+            owner, created = st.st_uid, st.st_mtime
+        except OSError:
+            pass
+        job_pid: int | None = None
+        try:
+            _token, recorded, start = _paths.read_token_file(where, pid)
+        except (OSError, ValueError):
+            recorded = start = None
+        # The job record is the job's pid and start time: a reused pid is not the job.
+        if recorded and start and not _process.is_gone(recorded) and _process.proc_start_time(recorded) == start:
+            job_pid = recorded
+        return {
+            "pid": pid, "state": "unresponsive", "since": since, "owner": owner,
+            "created_at": created, "child_pid": job_pid, "argv": [], "command": None,
+            "shell": False, "cwd": None, "meta": {}, "lock": None, "started_at": None,
+            "ended_at": None, "restarts": None, "streams": {},
+            # running: the job's process is alive (the supervisor cannot say more).
+            "status": {"running": job_pid is not None, "paused": None, "exit_code": None,
+                       "signal": None, "returncode": None},
+        }
 
     def sweep(self, pid: int) -> _sweep.SweepReport | None:
         report = None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bgtask import _paths
 from bgtask._client.local import LocalBackend
 from bgtask._client.spawn import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT, build_spec
-from bgtask._errors import AccessDeniedError, TaskNotFoundError
+from bgtask._errors import AccessDeniedError, TaskNotFoundError, TaskUnresponsiveError
 
 if TYPE_CHECKING:
     from bgtask._client.backend import PoolBackend
@@ -217,7 +217,11 @@ class TaskPool:
                 # death itself (the socket must refuse, under the sweep lock).
                 self._backend.sweep(pid)
                 return None
-            except (AccessDeniedError, TimeoutError):
+            except TaskUnresponsiveError as exc:
+                # Stopped or hung: listed, never dropped (a task that vanished from ls
+                # while it still holds its job and output would be lost to its user).
+                task._keep_placeholder(self._backend.unresponsive_info(pid, exc.since))
+            except AccessDeniedError:
                 return None
             return task
 
@@ -233,7 +237,8 @@ class TaskPool:
     def clean(self) -> list[int]:
         """Delete every finished task of the caller; returns their pids."""
         done = []
-        for task in self.search(status={"running": False}):
+        # An unresponsive task is not known to be finished: its supervisor cannot say.
+        for task in self.search(lambda info: info.get("state") != "unresponsive", status={"running": False}):
             try:
                 task.delete()
             except TaskNotFoundError:

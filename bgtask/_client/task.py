@@ -12,7 +12,7 @@ from bgtask._client import connection as _protocol
 from bgtask._client.cache import ConnectionCache
 from bgtask._client.pool import TaskPool
 from bgtask._client.stream import Stream, stream_name
-from bgtask._errors import BgTaskError, TaskNotFoundError
+from bgtask._errors import BgTaskError, TaskNotFoundError, TaskUnresponsiveError
 from bgtask._wire.checks import check_timeout as _check_timeout
 from bgtask._wire.names import EXPOSED
 
@@ -99,6 +99,8 @@ class Task:
             info = self.info(fresh=True)
         except TaskNotFoundError:
             return f"<bgtask.Task {self._pid} gone>"
+        except TaskUnresponsiveError:
+            return f"<bgtask.Task {self._pid} unresponsive>"
         except BgTaskError as exc:
             return f"<bgtask.Task {self._pid} ({type(exc).__name__})>"
         return _format.task_title(self._pid, info)
@@ -181,6 +183,11 @@ class Task:
         raw["meta"] = _codec.decode_meta(raw["meta"])
         self._info = raw
         return raw
+
+    def _keep_placeholder(self, info: dict[str, Any]) -> None:
+        """Cache *info*, built without the supervisor (``search()`` of an unresponsive
+        task): ``info()`` returns it; ``info(fresh=True)`` asks the supervisor again."""
+        self._info = info
 
     def _load_info_once(self) -> None:
         """Fetch info on a throw-away connection (search: many tasks, worker threads)."""

@@ -12,6 +12,8 @@ connect: the socket refuses connections     :class:`SupervisorDeadError` (proven
                                             sweepable), a private ``TaskNotFoundError``
 connect: the socket file is gone            ``TaskNotFoundError`` ("gone")
 connect: not allowed to connect             ``AccessDeniedError``
+the peer is stopped (:class:`Stopped`)      ``TaskUnresponsiveError`` saying so, since when,
+                                            and how to resume it
 the peer is silent past its deadline        ``TaskUnresponsiveError`` (stopped, hung)
 (``TimeoutError``, ``EAGAIN``)
 the authkey is refused either way           ``TaskNotFoundError`` (a different supervisor)
@@ -58,6 +60,10 @@ class SupervisorDeadError(TaskNotFoundError):
     """The socket exists but nobody listens: the supervisor is proven dead."""
 
 
+class Stopped(TimeoutError):
+    """The supervisor is stopped (``kill -STOP``, a debugger): no deadline would help."""
+
+
 class ProtocolMismatchError(RemoteError):
     """The client and the supervisor speak different protocol versions.
 
@@ -98,6 +104,11 @@ def map_fault(exc: BaseException, pid: int, doing: str, connecting: bool,
         return TaskNotFoundError(f"task {pid} is gone", pid)
     if connecting and isinstance(exc, PermissionError):
         return AccessDeniedError(f"task {pid}: cannot connect: {exc.strerror}", pid)
+    if isinstance(exc, Stopped):
+        # The user stopped it by hand, most likely: say what it is and how to undo it.
+        return TaskUnresponsiveError(f"task {pid} does not answer: its supervisor is stopped "
+                                     f"(SIGSTOP or a debugger; kill -CONT {pid} resumes it); "
+                                     f"waited{_since_text(since)}", pid, since)
     if isinstance(exc, (TimeoutError, BlockingIOError)):
         return TaskUnresponsiveError(f"the supervisor of task {pid} exists but does not answer "
                                      f"({doing}){_since_text(since)}: is it stopped or hung?",
@@ -153,5 +164,5 @@ def start_error_to_exception(args: tuple[Any, ...]) -> SpawnError:
     return SpawnError(msg, errno=err or None, filename=filename)
 
 
-__all__ = ["ProtocolMismatchError", "SupervisorDeadError", "map_fault", "reply_result",
+__all__ = ["ProtocolMismatchError", "Stopped", "SupervisorDeadError", "map_fault", "reply_result",
            "start_error_to_exception"]
