@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -825,9 +826,43 @@ def test_delete_rejects_a_bad_timeout(pool: bgtask.TaskPool) -> None:
     try:
         with pytest.raises(ValueError):
             task.delete(timeout=-1)
+        with pytest.raises(ValueError):
+            task.delete(math.nan)
+        # like every other timeout (wait, read, write): a str is the wrong type, not value
+        with pytest.raises(TypeError):
+            task.delete("5")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            task.delete(True)
         assert task.info(fresh=True)["status"]["running"] is True
     finally:
         task.delete()
+
+
+@pytest.mark.timeout(30)
+def test_delete_without_a_timeout_waits_the_tasks_grace(
+        pool: bgtask.TaskPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """delete() (timeout=None) gives the job the task's grace between TERM and KILL: the
+    grace the supervisor reports, or the contract's 5.0 s from one that reports none."""
+    plain = bgtask.Task.info
+    try:
+        task = pool.spawn(STUBBORN, grace=0.5)  # type: ignore[call-arg]
+    except TypeError:  # spawn() without grace yet: have the supervisor's info report one
+        task = pool.spawn(STUBBORN)
+        monkeypatch.setattr(bgtask.Task, "info",
+                            lambda self, fresh=False: {**plain(self, fresh), "grace": 0.5})
+    assert task.stream("stdout").read(timeout=10) == b"ready\n"
+    assert task._grace() == 0.5
+    t0 = time.monotonic()
+    task.delete()
+    elapsed = time.monotonic() - t0
+    assert 0.4 < elapsed < 5, elapsed
+    assert task_files(pool) == []
+    monkeypatch.setattr(bgtask.Task, "info", lambda self, fresh=False: {**plain(self, fresh), "grace": None})
+    other = pool.spawn(["sleep", "30"])
+    try:
+        assert other._grace() == 5.0  # the default when a supervisor does not say
+    finally:
+        other.delete(0)
 
 
 # -- call_remote_method ---------------------------------------------------------------------------------

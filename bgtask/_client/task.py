@@ -16,6 +16,9 @@ from bgtask._errors import BgTaskError, TaskNotFoundError, TaskUnresponsiveError
 from bgtask._wire.checks import check_timeout as _check_timeout
 from bgtask._wire.names import EXPOSED
 
+#: seconds from TERM to KILL when a task does not say (the contract's ``grace`` default).
+DEFAULT_GRACE = 5.0
+
 
 def signal_number(sig: Any) -> int:
     """``9``, ``"KILL"``, ``"SIGKILL"``, ``"kill"`` or ``signal.SIGKILL`` -> 9.
@@ -263,7 +266,7 @@ class Task:
         """
         _check_timeout(timeout)
         if timeout is None:
-            timeout = float(self.info(fresh=True).get("grace", 5.0))
+            timeout = self._grace()
         if self.kill("TERM"):
             self.kill("CONT")
             code = self.wait(timeout=timeout)
@@ -272,16 +275,28 @@ class Task:
             self.kill("KILL")
         return self.wait()
 
-    def delete(self, timeout: float = 5.0) -> None:
+    def _grace(self) -> float:
+        """The task's ``grace`` (seconds from TERM to KILL), asked afresh: 5.0, the
+        default, from a supervisor that does not report one."""
+        grace = self.info(fresh=True).get("grace")
+        if isinstance(grace, (int, float)) and not isinstance(grace, bool):
+            return float(grace)
+        return DEFAULT_GRACE
+
+    def delete(self, timeout: float | None = None) -> None:
         """Terminate the job (TERM+CONT, KILL after *timeout*); the supervisor removes its
         files and exits. Returns when both are gone.
 
+        :param timeout: seconds from TERM to KILL (``None``: the task's ``grace``,
+            default 5.0).
         :raises TaskNotFoundError: the task is already gone.
+        :raises TypeError: *timeout* is not a number (checked before anything is sent).
         :raises ValueError: a negative or non-finite *timeout*.
         """
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ValueError("timeout must be a non-negative number")
         _check_timeout(timeout)
+        if timeout is None:
+            # Resolved here, not by the supervisor: one that predates grace refuses None.
+            timeout = self._grace()
         backend = self._pool.backend
         start_time = backend.start_time(self._pid)
         conn = self._conns.get()
