@@ -4,10 +4,17 @@ A pool directory holds, per task (``<pid>`` is the supervisor's pid):
 
 * ``<pid>.sock`` -- the supervisor's Unix socket, mode 0600, owned by the task's owner;
 * ``<pid>.token`` -- mode 0600: a random token (the manager's authkey is derived from it)
-  and the job's pid and start time, so that an orphaned job can be found again;
+  and the job's pid and start time, so that an orphaned job can be found again. The
+  supervisor holds an exclusive ``flock`` on it for its whole life: a free lock proves
+  that no supervisor stands behind the file (see ``_client/records.py``);
+* ``<pid>.info`` -- mode 0600: the status record (the info dict, marshal), rewritten
+  atomically (``<pid>.info.tmp`` + rename) by the supervisor whenever it changes, so that
+  listing reads files instead of opening a connection per task;
 
 and per user:
 
+* ``.template-<uid>-<key>.sock`` / ``.token`` / ``.lock`` -- the fork server that starts
+  supervisors (``_supervisor/template.py``): 0600, authenticated like a supervisor;
 * ``lock-<uid>-<name>.lock`` -- the locks of ``spawn(lock=...)`` (they may stay);
 * ``.bgtask-<uid>.lock`` -- serialises stale-file removal against a new supervisor that
   got the same pid, so a sweeper never removes a live task's fresh files.
@@ -34,6 +41,7 @@ MAX_POOL_PATH = MAX_SOCKET_PATH - _LONGEST_NAME
 
 SOCK_SUFFIX = ".sock"
 TOKEN_SUFFIX = ".token"
+RECORD_SUFFIX = ".info"
 TOKEN_VERSION = b"bgtask-token-1"
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -48,6 +56,15 @@ def sock_path(pool: str, pid: int) -> str:
 
 def token_path(pool: str, pid: int) -> str:
     return f"{pool}/{pid}{TOKEN_SUFFIX}"
+
+
+def record_path(pool: str, pid: int) -> str:
+    return f"{pool}/{pid}{RECORD_SUFFIX}"
+
+
+def template_path(pool: str, uid: int, key: str, suffix: str) -> str:
+    """A file of the fork server of user *uid* whose start-up conditions hash to *key*."""
+    return f"{pool}/.template-{uid}-{key}{suffix}"
 
 
 def lock_path(pool: str, uid: int, name: str) -> str:
@@ -230,10 +247,12 @@ __all__ = [
     "open_private",
     "orphan_token_pids",
     "read_token_file",
+    "record_path",
     "remove_if_mine",
     "sock_path",
     "sweep_lock_path",
     "task_pids",
+    "template_path",
     "token_path",
     "write_job_record",
 ]

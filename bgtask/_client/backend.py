@@ -54,6 +54,12 @@ class PoolBackend(Protocol):
         """
         ...
 
+    def records(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+        """The raw info dicts (meta as blobs) of those of *pids* whose status record
+        can be trusted (``_client/records.py``); the others are asked for by a
+        connection. A backend without records returns ``{}``."""
+        ...
+
     def sweep(self, pid: int) -> SweepReport | None:
         """Sweep task *pid* if its supervisor is proven dead; None if it is not."""
         ...

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths, _process
 from bgtask._client import connection as _protocol
+from bgtask._client import records as _records
 from bgtask._client import spawn as _spawn
 from bgtask._client import sweep as _sweep
 from bgtask._errors import AccessDeniedError, SpawnError, TaskNotFoundError
@@ -175,6 +176,17 @@ class LocalBackend:
             "status": {"running": job_pid is not None, "paused": None, "exit_code": None,
                        "signal": None, "returncode": None},
         }
+
+    def records(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        dirs = self._search_dirs()
+        for pid in pids:
+            for d in dirs:
+                info = _records.read_record(d, pid)
+                if info is not None:
+                    out[pid] = info
+                    break
+        return out
 
     def sweep(self, pid: int) -> _sweep.SweepReport | None:
         report = None

@@ -206,6 +206,15 @@ class TaskPool:
         pids = self._backend.pids()
         if not pids:
             return []
+        # Status records first: a file read per task instead of a connection, a
+        # handshake and a supervisor thread (0.7 ms a task). A task whose record cannot
+        # be trusted (missing, stale, a stopped supervisor...) is asked below.
+        known: dict[int, Task] = {}
+        for pid, raw in self._backend.records(pids).items():
+            task = Task(pid, self)
+            task._keep_info(raw)
+            known[pid] = task
+        pids = [pid for pid in pids if pid not in known]
 
         def probe(pid: int) -> Task | None:
             task = Task(pid, self)
@@ -225,14 +234,15 @@ class TaskPool:
                 return None
             return task
 
-        if len(pids) == 1:
-            results = [probe(pids[0])]
+        if len(pids) <= 1:
+            results = [probe(pid) for pid in pids]
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(8, len(pids)), thread_name_prefix="bgtask-search") as ex:
                 results = list(ex.map(probe, pids))
-        return [t for t in results if t is not None]
+        found = list(known.values()) + [t for t in results if t is not None]
+        return sorted(found, key=lambda t: t.pid)
 
     def clean(self) -> list[int]:
         """Delete every finished task of the caller; returns their pids."""

@@ -84,6 +84,7 @@ def sweep(pool: str, pid: int, force_if_silent: bool = False) -> SweepReport | N
         try:
             if st is not None:
                 _paths.remove_if_mine(sock, st)
+            _paths.remove_if_mine(_paths.record_path(pool, pid))
             _paths.remove_if_mine(_paths.token_path(pool, pid))
         except OSError:
             return SweepReport(False, stopped)  # a pool we may not write to (any more)

@@ -70,6 +70,9 @@ class Outputs:
         self.open_pipes = dict.fromkeys(OUTPUT_STREAMS, 0)
         self.arrived = {name: lock.condition() for name in OUTPUT_STREAMS + MESSAGE_STREAMS}
         self.room = {name: lock.condition() for name in OUTPUT_STREAMS}
+        #: called (lock held) with a stream's name when its buffer may have room again:
+        #: the one pump thread of a run polls, it does not wait on :attr:`room`
+        self.on_room: Callable[[str], None] = _nothing_named
         self.job_ended = False
         #: called (lock held) when "is the output collected?" may have a new answer
         self.on_collect: Callable[[], None] = _nothing
@@ -199,6 +202,7 @@ class Outputs:
                 buf.consume(nxt)
                 if not is_msg:
                     self.room[name].notify_all()  # a blocked pump may go on
+                    self.on_room(name)
             return pos, nxt, data, buf.limit, ended and nxt >= buf.limit
 
     def putback(self, name: str, blobs: list[bytes], consumed_end: int) -> bool:
@@ -228,6 +232,7 @@ class Outputs:
             with self.lock:
                 self.bytes[claim.name].inflight -= claim.next - claim.old_cursor
                 self.room[claim.name].notify_all()  # a pump waiting for room may go on
+                self.on_room(claim.name)
 
     def rollback(self, claim: Claim) -> None:
         """Undo a consuming read whose reply never reached the client."""
@@ -243,6 +248,11 @@ class Outputs:
                     buf.unconsume(claim.old_cursor, claim.data, claim.old_start)
                 self.arrived[name].notify_all()
                 self.room[name].notify_all()
+                self.on_room(name)
+
+
+def _nothing_named(name: str) -> None:
+    pass
 
 
 def _nothing() -> None:

@@ -150,6 +150,7 @@ class StdinQueue:
                 self.pending_bytes += len(data)
                 self.accepted += len(data)
                 self.work.notify_all()
+                self._kick()
             return self.accepted
 
     def close(self) -> None:
@@ -158,6 +159,14 @@ class StdinQueue:
             self.closing = True
             self.work.notify_all()
             self.space.notify_all()
+            self._kick()
+
+    def _kick(self) -> None:
+        # The feeder thread is started on the first write or close (lock held): most
+        # jobs never get stdin, and an idle supervisor should cost few threads.
+        kick = getattr(self.feeder, "kick", None)
+        if kick is not None:
+            kick()
 
 
 __all__ = ["STDIN_BUFFER", "StdinQueue"]
