@@ -18,7 +18,7 @@ The layers (imports flow downwards only; ``tests/test_layers.py`` enforces it)::
                           connection, codec (dill lives here and only here)
     _supervisor/          runs in the supervisor: boot, launch, job, io, buffer,
                           service, server (never imports _client, dill or filelock)
-    _format.py            presentation of info dicts (reprs, tables, status words)
+    _format/              presentation of info dicts (reprs, tables, status words)
     _wire/                what both sides agree on: names, framing, handshake, schema,
                           checks, faults (the one map from failures to our errors)
     _errors.py _paths.py _process.py   stdlib only: exceptions, pool files and modes,

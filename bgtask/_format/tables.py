@@ -1,0 +1,151 @@
+"""Many-line views of info dicts: the ``ls`` table (aligned by display width, cut to a
+terminal's width) and the ``info`` lines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from bgtask._format.status import (
+    colour_state,
+    command_text,
+    duration_text,
+    full_time_text,
+    name_text,
+    runtime,
+    size_text,
+    status_text,
+    time_text,
+    unread_bytes,
+)
+from bgtask._format.text import cut, display_width, pad, printable, value_text
+from bgtask._wire.names import MESSAGE_STREAMS
+
+#: the narrowest a NAME column is cut to on a narrow terminal.
+MIN_NAME_WIDTH = 10
+#: the narrowest a COMMAND column is cut to, however narrow the terminal.
+MIN_COMMAND_WIDTH = 12
+
+
+def task_table(infos: Iterable[dict[str, Any]], width: int | None = 100, now: float | None = None,
+               colour: bool = False) -> list[str]:
+    """``ls``: one line per task, aligned by display width.
+
+    With a *width* (a terminal's), no line is wider: the NAME and COMMAND columns share
+    what the others leave and are cut with ``...``; ``width=None`` cuts nothing (a pipe,
+    ``ls -w``). *colour* colours the STATE column (ANSI).
+    """
+    now = time.time() if now is None else now
+    header = ("PID", "STATE", "STARTED", "RUNTIME", "UNREAD", "NAME", "COMMAND")
+    rows = []
+    for info in infos:
+        rt = runtime(info, now)
+        rows.append((
+            str(info["pid"]),
+            printable(status_text(info)),
+            time_text(info.get("started_at"), now),
+            "-" if rt is None else duration_text(rt),
+            size_text(unread_bytes(info)),
+            name_text(info),
+            command_text(info),
+        ))
+    name, cmd = 5, 6
+    widths = [max([display_width(header[i])] + [display_width(r[i]) for r in rows]) for i in range(cmd + 1)]
+    right = {0, 3, 4}  # numbers line up on the right
+    cols = [i for i in range(cmd) if i != name or any(r[name] for r in rows)]  # nobody named: no NAME
+    if width is not None:
+        fixed = sum(widths[i] + 2 for i in cols if i != name)
+        room = width - fixed  # what NAME (and its gap) and COMMAND share
+        if name in cols:
+            room -= 2
+            need_name, need_cmd = widths[name], widths[cmd]
+            if need_name + need_cmd > room:
+                # Fair shares: each gets half, and what one does not need goes to the other.
+                half = room // 2
+                if need_name <= half:
+                    share = need_name
+                elif need_cmd <= room - half:
+                    share = room - need_cmd
+                else:
+                    share = half
+                widths[name] = max(share, min(MIN_NAME_WIDTH, need_name))
+            room -= widths[name]
+        widths[cmd] = max(room, MIN_COMMAND_WIDTH)
+
+    def line(cells: tuple[str, ...], is_header: bool = False) -> str:
+        parts = []
+        for i in cols:
+            cell = pad(cut(cells[i], widths[i]), widths[i], right=i in right)
+            if i == 1 and colour and not is_header:
+                cell = colour_state(cells[i], cell)
+            parts.append(cell)
+        parts.append(cut(cells[cmd], widths[cmd] if width is not None else None))
+        return "  ".join(parts).rstrip()
+
+    return [line(header, True)] + [line(r) for r in rows]
+
+
+def _stream_line(name: str, d: dict[str, Any]) -> str:
+    unit = "message" if name in MESSAGE_STREAMS else "byte"
+    unread = d.get("unread")
+    parts = [f"start {d.get('start')}", f"limit {d.get('limit')}",
+             f"unread {unread} {unit}{'' if unread == 1 else 's'}"]
+    if d.get("dropped"):
+        parts.append(f"dropped {d['dropped']}")
+    if name == "stdin" and d.get("discarded"):
+        parts.append(f"discarded {d['discarded']}")
+    if d.get("eof"):
+        parts.append("closed" if name == "stdin" else "eof")
+    return ", ".join(parts)
+
+
+def info_lines(info: dict[str, Any], now: float | None = None, style: str = "python") -> list[str]:
+    """``info``: the facts of one task, one per line (``key  value``), control characters
+    escaped. Meta values are shown as *style* says (see :func:`value_text`): Python
+    reprs by default (ipython), JSON for the command line."""
+    now = time.time() if now is None else now
+    state = printable(status_text(info))
+    if info.get("child_pid"):
+        state += f" (job pid {info['child_pid']})"
+    started = info.get("started_at")
+    rt = runtime(info, now)
+    rows: list[tuple[str, str]] = [
+        ("task", str(info["pid"])),
+        ("state", state),
+        ("command", command_text(info)),
+        ("cwd", printable(str(info.get("cwd")))),
+        ("started", full_time_text(started) + ("" if started is None else
+                                               f" ({duration_text(now - started)} ago)")),
+        ("ended", full_time_text(info.get("ended_at"))),
+        ("runtime", "-" if rt is None else duration_text(rt)),
+        ("restarts", str(info.get("restarts", 0))),
+    ]
+    if info.get("lock"):
+        rows.append(("lock", printable(str(info["lock"]))))
+    rows.append(("owner", _user(info.get("owner"))))
+    meta = info.get("meta") or {}
+    if not meta:
+        rows.append(("meta", "-"))
+    for i, (k, v) in enumerate(sorted(meta.items(), key=lambda kv: str(kv[0]))):
+        rows.append(("meta" if i == 0 else "", f"{printable(str(k))} = {cut(value_text(v, style), 200)}"))
+    streams = info.get("streams", {})
+    for name in ("stdout", "stderr", "stdin", "data", "control"):
+        if name in streams:
+            rows.append((name, _stream_line(name, streams[name])))
+    key_width = max(len(k) for k, _ in rows)
+    return [f"{k.ljust(key_width)}  {v}" for k, v in rows]
+
+
+def _user(uid: Any) -> str:
+    if not isinstance(uid, int):
+        return str(uid)
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} ({uid})"
+    except (ImportError, KeyError):
+        return str(uid)
+
+
+__all__ = ["MIN_COMMAND_WIDTH", "MIN_NAME_WIDTH", "info_lines", "task_table"]
