@@ -34,8 +34,28 @@ from bgtask._cli_show import COMMANDS as SHOW
 #: Ctrl-C: 128 + SIGINT, what a shell reports for a command it interrupted.
 EXIT_INTERRUPTED = 130
 
+
+def _web_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to listen on (default: 127.0.0.1; anything else is reachable "
+                        "from elsewhere, and said so loudly)")
+    p.add_argument("--port", type=int, default=0, help="the port (default: a free one)")
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    try:  # imported here: `bgtask ls` must not pay for (or need) starlette and uvicorn
+        from bgtask.web._serve import serve
+    except ImportError as exc:
+        raise Failure(f"the web view needs its extra: pip install 'bgtask[web]' ({exc.name} is missing)") \
+            from None
+    return serve(getattr(args, "pool", None), args.host, args.port)
+
+
+WEB = Command("web", _cmd_web, _web_arguments,
+              "serve a web view of the tasks on this host (prints a URL with an access token)")
+
 #: every command, in the order ``--help`` lists them.
-COMMANDS: list[Command] = [*START, *SHOW, *STEER]
+COMMANDS: list[Command] = [*START, *SHOW, *STEER, WEB]
 
 
 def main(argv: list[str] | None = None) -> int:
