@@ -98,15 +98,31 @@ class TaskPool:
         someone else (it could have been planted in /tmp).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        backend = _local_backend(path)
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 remote_python: str | None = None) -> None:
+        url = path if path is not None else os.environ.get("BGTASK_POOL") or None
+        backend: PoolBackend
+        self._path: Path | None
+        if isinstance(url, str) and url.startswith("ssh://"):
+            # A pool on another host (``_client/ssh.py``): nothing connects here.
+            from bgtask._client.ssh import parse_url
+
+            backend = parse_url(url, remote_python)
+            self._path = None
+        else:
+            if remote_python is not None:
+                raise ValueError("remote_python= is for ssh:// pools only")
+            backend = _local_backend(path)
+            self._path = Path(str(backend))
         backend.check()
-        self._backend: PoolBackend = backend
-        self._path = Path(str(backend))
+        self._backend = backend
 
     @property
     def path(self) -> Path:
-        """The pool directory (where a spawn puts its task)."""
+        """The pool directory (where a spawn puts its task); of a remote pool, the
+        directory on its host (asked from the host if the URL named none)."""
+        if self._path is None:
+            return Path(getattr(self._backend, "directory"))  # noqa: B009 (only SshBackend has it)
         return self._path
 
     @property
@@ -123,7 +139,7 @@ class TaskPool:
             count = f"{n} task{'s' if n != 1 else ''}"
         except OSError:
             count = "unreadable"
-        return f"<bgtask.TaskPool {str(self._path)!r} {count}>"
+        return f"<bgtask.TaskPool {str(self)!r} {count}>"
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         """IPython: the repr, plus the ``bgtask ls`` table when shown on its own."""
@@ -132,13 +148,17 @@ class TaskPool:
         pretty_pool(self, p, cycle)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TaskPool) and other._path == self._path
+        return isinstance(other, TaskPool) and str(other._backend) == str(self._backend)
 
     def __hash__(self) -> int:
-        return hash(self._path)
+        return hash(str(self._backend))
 
     def __reduce__(self) -> Any:
-        return (TaskPool, (str(self._path),))
+        return (TaskPool, (str(self._backend),))
+
+    def __dir__(self) -> list[str]:
+        # tab completion: the everyday API (``backend`` still works; it is the seam)
+        return ["path", "spawn", "search", "clean"]
 
     # -- spawn -------------------------------------------------------------------------------
 
