@@ -944,3 +944,61 @@ def test_forked_child_does_not_reuse_the_parents_connection(pool: bgtask.TaskPoo
         assert task.info(fresh=True)["pid"] == task.pid
     finally:
         task.delete()
+
+
+# -- what a user sees in ipython: completion, tracebacks -------------------------------------------
+
+def test_tab_completion_offers_the_everyday_api(pool: bgtask.TaskPool) -> None:
+    task = bgtask.Task(4194000, pool)  # no connection needed
+    names = dir(task)
+    assert {"info", "state", "meta", "stream", "wait", "kill", "delete", "pid", "pool"} <= set(names)
+    assert not {"connect", "disconnect", "call_remote_method"} & set(names)
+    assert callable(task.connect) and callable(task.call_remote_method)  # they still work
+    stream = task.stream("stdout")
+    assert {"read", "follow", "write", "start", "limit", "eof"} <= set(dir(stream))
+    assert all(hasattr(type(stream), n) for n in dir(stream))
+    assert set(dir(pool)) == {"path", "spawn", "search", "clean"}
+    assert pool.backend is not None
+
+
+def _bgtask_frames(exc: BaseException) -> list[str]:
+    import traceback
+
+    return [f"{os.path.basename(fr.filename)}:{fr.name}" for fr in traceback.extract_tb(exc.__traceback__)
+            if os.sep + "bgtask" + os.sep in fr.filename]
+
+
+def test_a_task_not_found_traceback_shows_few_internal_frames(pool: bgtask.TaskPool) -> None:
+    with pytest.raises(bgtask.TaskNotFoundError) as info:
+        bgtask.Task(4194000, pool).info()
+    frames = _bgtask_frames(info.value)
+    # the public method, its one call path, and where errors start: never the
+    # connection's, the backend's or the wire's frames
+    assert len(frames) <= 3, frames
+    assert frames[0] == "task.py:info", frames
+    assert not any(f.startswith(("local.py", "connection.py", "framing.py")) for f in frames), frames
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_in_follow_has_a_short_traceback_and_consumes_nothing(pool: bgtask.TaskPool) -> None:
+    task = pool.spawn(py("import sys, time; sys.stdin.readline(); print('hello', flush=True); time.sleep(30)"))
+    try:
+        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt) as info:
+            for _chunk in task.stream("stdout").follow():
+                pass
+        timer.join()
+        frames = _bgtask_frames(info.value)
+        assert len(frames) <= 3 and not any(f.startswith(("connection.py", "framing.py")) for f in frames), \
+            frames
+        task.stream("stdin").write("go\n")
+        # The interrupted read was waiting in the supervisor: what comes now is not
+        # consumed by it (its reply has no reader; the supervisor takes it back).
+        got = b""
+        deadline = time.monotonic() + 20
+        while b"hello\n" not in got and time.monotonic() < deadline:
+            got += bgtask.Task(task.pid, pool).stream("stdout").read(timeout=1)
+        assert got == b"hello\n"
+    finally:
+        task.delete(0)

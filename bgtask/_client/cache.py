@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bgtask._client import connection as _protocol
-from bgtask._errors import TaskNotFoundError
+from bgtask._errors import BgTaskError, TaskNotFoundError
 from bgtask._wire.framing import Connection
 
 
@@ -92,13 +92,20 @@ class ConnectionCache:
         :param blocks_for: how long the method may block in the supervisor (``None``:
             without limit).
         """
-        conn = self.get()
+        __tracebackhide__ = True  # IPython and pytest: the user's frames, not ours
         try:
-            return _protocol.call(conn, self._pid, method, args, kwds, blocks_for)
-        except BaseException:
-            if conn.closed:  # out of step for good: the next call opens a new one
-                self.drop(conn)
-            raise
+            conn = self.get()
+            try:
+                return _protocol.call(conn, self._pid, method, args, kwds, blocks_for)
+            except BaseException:
+                if conn.closed:  # out of step for good: the next call opens a new one
+                    self.drop(conn)
+                raise
+        except (BgTaskError, KeyboardInterrupt) as exc:
+            # Our own errors (mapped once, in _wire.faults) and Ctrl-C start their
+            # traceback here: the frames below (connecting, framing, the socket read)
+            # are bgtask's business, and a user's traceback showed five of them.
+            raise exc.with_traceback(None)  # noqa: B904 (the same exception, re-raised)
 
     def call_once(self, method: str, *args: Any) -> Any:
         """Call *method* on a connection of its own, closed afterwards (search: many

@@ -111,6 +111,11 @@ class Stream:
         """A message stream (data, control): it counts and returns Python objects."""
         return self._name in MESSAGE_STREAMS
 
+    def __dir__(self) -> list[str]:
+        # tab completion: the everyday API, not the machinery of the handle
+        return ["name", "task", "is_messages", "start", "limit", "eof", "info", "read", "follow",
+                "write", "write_many", "close"]
+
     def info(self) -> dict[str, Any]:
         """The stream's part of the info dict (start, limit, cursor, unread, eof, ...)."""
         return dict(self._call("stream_info", self._name))
@@ -182,6 +187,7 @@ class Stream:
 
     def _read_once(self, start: int | None, end: int | None, consume: bool,
                    timeout: float | None, max_bytes: int | None = None) -> tuple[int, int, Any, int, bool]:
+        __tracebackhide__ = True  # IPython and pytest show read()/follow(), not this
         args: tuple[Any, ...] = (self._name, start, end, consume, timeout)
         if max_bytes is not None:
             args += (max_bytes,)

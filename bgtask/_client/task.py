@@ -112,9 +112,19 @@ class Task:
         """IPython: the repr, plus a summary of ``info()`` when shown on its own."""
         _format.pretty_task(self, p, cycle)
 
+    #: what ``dir()`` -- and so tab completion -- offers: the everyday API. ``connect``,
+    #: ``disconnect`` and ``call_remote_method`` still work; completion put them first
+    #: (alphabetically) ahead of what a user looks for, so they are left out.
+    _EVERYDAY = ("pid", "pool", "info", "state", "meta", "usage", "stream", "wait", "kill",
+                 "pause", "resume", "restart", "stop", "delete", "apply_meta")
+
+    def __dir__(self) -> list[str]:
+        return [n for n in self._EVERYDAY if hasattr(type(self), n)]
+
     # -- connection --------------------------------------------------------------------------
 
     def _call(self, method: str, *args: Any, blocks_for: float | None = 0.0, **kwds: Any) -> Any:
+        __tracebackhide__ = True  # IPython and pytest show the public method, not this
         return self._conns.call(method, *args, blocks_for=blocks_for, **kwds)
 
     def connect(self, fail_reason: dict[str, Any] | None = None) -> bool:
