@@ -160,9 +160,9 @@ def start() -> Server:
         f.write(f"Host *\n  IdentityFile {tmp}/client_key\n  IdentitiesOnly yes\n"
                 f"  UserKnownHostsFile {tmp}/known_hosts\n  GlobalKnownHostsFile /dev/null\n"
                 "  StrictHostKeyChecking yes\n  LogLevel ERROR\n")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", f"{tmp}/sshd_config"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(f"{tmp}/sshd.log", "wb"))  # noqa: SIM115
+    with open(f"{tmp}/sshd.log", "wb") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", f"{tmp}/sshd_config"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 10
     while True:
         with socket.socket() as s:

@@ -255,7 +255,8 @@ class SshBackend:
             except BaseException:
                 sock.close()
                 raise
-        conn = Connection(sock.detach())
+        conn = _Forwarded(sock.detach())
+        conn.target = self.target
         try:
             _handshake(conn, _paths.authkey_from_token(token), pid, deadline, since)
         except BaseException:
@@ -315,6 +316,33 @@ class SshBackend:
             bridge, self._bridge = self._bridge, None
         if bridge is not None and bridge.owner == os.getpid():
             bridge.session.close()
+
+
+class _Forwarded(Connection):
+    """A connection through an ssh forward: a transport that drops because the ssh
+    connection did (the master is gone) raises :class:`HostUnreachableError`, not the
+    "supervisor vanished" a local EOF means, so that ``follow()`` reconnects and reads
+    on from its offset instead of reporting the task gone."""
+
+    target: sshmux.Target
+
+    def recv(self) -> Any:
+        try:
+            return super().recv()
+        except (EOFError, ConnectionError) as exc:
+            raise self._why(exc) from None
+
+    def send_parts(self, parts: list[Any]) -> None:
+        try:
+            super().send_parts(parts)
+        except ConnectionError as exc:
+            raise self._why(exc) from None
+
+    def _why(self, exc: BaseException) -> BaseException:
+        if sshmux.master_alive(self.target):
+            return exc  # ssh is fine: the supervisor itself hung up
+        return HostUnreachableError(f"lost the ssh connection to {self.target.host} ({exc!r})",
+                                    self.target.host)
 
 
 def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, since: float) -> None:

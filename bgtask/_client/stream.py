@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
-from bgtask._errors import BgTaskError
+from bgtask._errors import BgTaskError, HostUnreachableError, OutputGoneError
 from bgtask._wire.checks import check_timeout as _check_timeout
 from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
 
@@ -29,6 +29,9 @@ FOLLOW_SLICE = 10.0
 #: memory mapping each time with a page fault on every page: following a fast job was
 #: 1.2x faster with 4 MiB than with 32 MiB chunks, and 1.4x faster than with 1 MiB.
 FOLLOW_CHUNK = 4 << 20
+#: how many times in a row follow() reconnects to a remote pool whose ssh connection
+#: dropped before it gives up (about 6 s of backing off in all).
+FOLLOW_RECONNECTS = 6
 #: largest piece of stdin sent in one call (the supervisor buffers 1 MiB).
 STDIN_CHUNK = 1 << 20
 
@@ -214,9 +217,29 @@ class Stream:
 
     def _follow(self, pos: int | None) -> Iterator[Any]:
         consume = pos is None
+        last: int | None = None  # where the last read ended
+        drops = 0
         while True:
-            _p, nxt, data, _limit, eof = self._read_once(pos, None, consume, FOLLOW_SLICE,
-                                                         FOLLOW_CHUNK)
+            # After a dropped ssh connection (a remote pool; the job goes on), read on
+            # from where the last read ended: a consuming read whose reply was lost had
+            # consumed it, and the retained output still holds it.
+            start = pos if pos is not None else last if drops else None
+            try:
+                _p, nxt, data, _limit, eof = self._read_once(start, None, consume, FOLLOW_SLICE,
+                                                             FOLLOW_CHUNK)
+            except HostUnreachableError:
+                drops += 1
+                if drops > FOLLOW_RECONNECTS:
+                    raise
+                time.sleep(min(1.0, 0.05 * 2 ** drops))
+                continue
+            except OutputGoneError:
+                if not (drops and pos is None):
+                    raise
+                drops = 0  # no longer retained: on from the read cursor
+                continue
+            drops = 0
+            last = nxt
             if pos is not None:
                 pos = nxt
             if data:
