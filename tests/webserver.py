@@ -31,12 +31,16 @@ class Counted:
 
 
 class Server:
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    def __init__(self, app: Any, port: int = 0) -> None:
+        if not port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", ws="none",
+        # critical: stopping the server cancels the live streams still open, which uvicorn
+        # logs as errors (expected here: every test ends with a page still open)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="critical", ws="none",
                                 http="h11", lifespan="off", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
