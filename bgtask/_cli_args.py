@@ -47,6 +47,18 @@ class Failure(Exception):
     """A one-line error already worded for the user (exit status 1)."""
 
 
+class PoolAction(argparse.Action):
+    """``--pool``: a directory or an ``ssh://`` URL. The last one given is *the* pool
+    (``args.pool``) of a command; ``ls`` lists all of them (``args.pools``), merged."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        pools = list(getattr(namespace, "pools", None) or [])
+        pools.append(values)
+        namespace.pools = pools
+        namespace.pool = values
+
+
 class Parser(argparse.ArgumentParser):
     #: options may come after positionals (``send 42 hi -n``, ``kill 1 -s INT 2``).
     intermixed = False
@@ -166,5 +178,5 @@ def meta_value(text: str) -> Any:
         return text
 
 
-__all__ = ["PROG", "Failure", "Parser", "UsageError", "count", "meta_value", "pair", "pid", "seconds",
+__all__ = ["PROG", "Failure", "Parser", "PoolAction", "UsageError", "count", "meta_value", "pair", "pid", "seconds",
            "size", "unknown_command"]

@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any
 
+import bgtask
 from bgtask import _format
 from bgtask._cli_args import UsageError, count, meta_value, pair, seconds
 from bgtask._cli_io import (
@@ -73,7 +74,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
         # `--meta n=3` finds both the number 3 and the string "3".
         return all(k in meta and (meta[k] == parsed or meta[k] == raw) for k, parsed, raw in wanted)
 
-    tasks = pool_of(args).search(where if wanted else None, **pattern)
+    pools = [bgtask.TaskPool(p) for p in getattr(args, "pools", None) or []]
+    hosts: list[str] | None = None
+    if len(pools) > 1:
+        # Several pools, one table: queried concurrently (a remote one costs a round
+        # trip or a login), merged in the order given, a HOST column telling them apart.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(pools), thread_name_prefix="bgtask-ls") as ex:
+            found = list(ex.map(lambda p: p.search(where if wanted else None, **pattern), pools))
+        tasks = [t for ts in found for t in ts]
+        hosts = [getattr(p.backend, "host", "") for p, ts in zip(pools, found, strict=True) for _ in ts]
+    else:
+        tasks = pool_of(args).search(where if wanted else None, **pattern)
     infos = [t.info() for t in tasks]
     if args.json:
         print(json.dumps([_format.jsonable_info(i) for i in infos], indent=2))
@@ -83,7 +96,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     else:
         # Cut to fit only what a person reads on a terminal: a pipe gets it all.
         width = _format.terminal_width() if is_terminal(sys.stdout) and not args.wide else None
-        print("\n".join(_format.task_table(infos, width, colour=wants_colour(sys.stdout))))
+        print("\n".join(_format.task_table(infos, width, colour=wants_colour(sys.stdout), hosts=hosts)))
     return 0
 
 

@@ -26,7 +26,7 @@ import argparse
 import sys
 
 import bgtask
-from bgtask._cli_args import PROG, Failure, Parser, UsageError
+from bgtask._cli_args import PROG, Failure, Parser, PoolAction, UsageError
 from bgtask._cli_io import EXIT_PIPE, PipeClosed, error, error_text, quiet_output
 from bgtask._cli_jobs import START, STEER, Command
 from bgtask._cli_show import COMMANDS as SHOW
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the whole command line; each command adds its own arguments."""
     common = Parser(add_help=False)
-    common.add_argument("--pool", metavar="DIR", default=argparse.SUPPRESS,
-                        help="the pool directory (default: $BGTASK_POOL, else the default pool)")
+    common.add_argument("--pool", metavar="POOL", default=argparse.SUPPRESS, action=PoolAction,
+                        help="the pool: a directory or ssh://[user@]host[:port][/dir] (default: "
+                        "$BGTASK_POOL, else the default pool); ls takes several and merges them")
     parser = Parser(prog=PROG, parents=[common],
                     description="Background jobs that outlive the process that started them.",
                     epilog=f"'{PROG} COMMAND --help' tells more about each command.")

@@ -186,7 +186,7 @@ def test_cli_remote_and_merged_ls(remote: bgtask.TaskPool, server: sshd.Server, 
         out = subprocess.run([*run, "kill", "--pool", str(remote), str(r.pid)], env=env,
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        assert r.wait(10) == -signal.SIGKILL
+        assert r.wait(10) == -signal.SIGTERM
     finally:
         local.delete()
         r.delete()

@@ -188,8 +188,11 @@ def ensure_master(target: Target) -> str:
         # for EOF on such a pipe would wait minutes (OpenSSH bug 1988).
         with tempfile.TemporaryFile(dir=runtime_dir()) as err:
             try:
+                # Without BGTASK_PID/POOL: a master started from inside a job must not
+                # pass for one of the job's processes (a sweep stops those by environment).
+                env = {k: v for k, v in os.environ.items() if k not in ("BGTASK_PID", "BGTASK_POOL")}
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=err, close_fds=True, start_new_session=True,
+                                      stderr=err, close_fds=True, start_new_session=True, env=env,
                                       timeout=CONNECT_TIMEOUT * 3 + 10)
             except FileNotFoundError:
                 raise HostUnreachableError(f"cannot reach {target.host}: no ssh client "

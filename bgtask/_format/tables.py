@@ -29,14 +29,20 @@ MIN_COMMAND_WIDTH = 12
 
 
 def task_table(infos: Iterable[dict[str, Any]], width: int | None = 100, now: float | None = None,
-               colour: bool = False) -> list[str]:
+               colour: bool = False, hosts: list[str] | None = None) -> list[str]:
     """``ls``: one line per task, aligned by display width.
 
     With a *width* (a terminal's), no line is wider: the NAME and COMMAND columns share
     what the others leave and are cut with ``...``; ``width=None`` cuts nothing (a pipe,
-    ``ls -w``). *colour* colours the STATE column (ANSI).
+    ``ls -w``). *colour* colours the STATE column (ANSI). *hosts* (one per info; empty
+    for a local pool) adds a HOST column in front: ``ls`` over several pools.
     """
     now = time.time() if now is None else now
+    if hosts is not None:
+        hosts = [printable(h) for h in hosts]
+        host_width = max([display_width("HOST")] + [display_width(h) for h in hosts])
+        lines = task_table(infos, None if width is None else width - host_width - 2, now, colour)
+        return [(pad(h, host_width) + "  " + ln).rstrip() for h, ln in zip(["HOST", *hosts], lines, strict=True)]
     header = ("PID", "STATE", "STARTED", "RUNTIME", "UNREAD", "NAME", "COMMAND")
     rows = []
     for info in infos:
