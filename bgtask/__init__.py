@@ -27,6 +27,9 @@ The layers (imports flow downwards only; ``tests/test_layers.py`` enforces it)::
 
 from __future__ import annotations
 
+from bgtask._client.aiopool import AsyncTaskPool
+from bgtask._client.aiostream import AsyncStream
+from bgtask._client.aiotask import AsyncTask, current_async
 from bgtask._client.codec import UndecodableValue
 from bgtask._client.pool import TaskPool, default_pool, search, spawn
 from bgtask._client.stream import Stream
@@ -48,6 +51,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccessDeniedError",
+    "AsyncStream",
+    "AsyncTask",
+    "AsyncTaskPool",
     "BgTaskError",
     "HostUnreachableError",
     "OutputGoneError",
@@ -63,6 +69,7 @@ __all__ = [
     "UndecodableValue",
     "__version__",
     "current",
+    "current_async",
     "default_pool",
     "search",
     "spawn",

@@ -125,28 +125,44 @@ class LocalBackend:
         return None
 
     def connect(self, pid: int) -> Connection:
+        where = self.locate(pid)
+        try:
+            return _protocol.open_connection(where, pid)
+        except TaskNotFoundError as exc:
+            raise self.gone(where, pid, exc) from None
+
+    def locate(self, pid: int) -> str:
+        """The directory holding task *pid*'s socket (``connect``'s first step, shared
+        with the asyncio client).
+
+        :raises TaskNotFoundError: in none of the pool's directories.
+        """
         where = self._dir_of(pid)
         if where is None:
             elsewhere = [d for d in self._search_dirs() if d != self._dir]
             also = f" (nor in {', '.join(elsewhere)})" if elsewhere else ""
             raise TaskNotFoundError(f"no task {pid} in pool {self._dir}{also}", pid)
-        try:
-            return _protocol.open_connection(where, pid)
-        except SupervisorDeadError:
+        return where
+
+    def gone(self, where: str, pid: int, exc: TaskNotFoundError) -> TaskNotFoundError:
+        """The error for a connection to task *pid* in *where* that failed with *exc*,
+        after sweeping the supervisor if it is proven dead (``connect``'s last step,
+        shared with the asyncio client)."""
+        if isinstance(exc, SupervisorDeadError):
             report = _sweep.sweep(where, pid)
-        except TaskNotFoundError:
+        else:
             # Reset or closed while connecting: a supervisor that is dying, or dead with
             # its socket still closing. The sweep proves death itself (the socket must
             # refuse); if it does not, the error stands as it was.
             report = _sweep.sweep(where, pid)
             if report is None:
-                raise
+                return exc
         what = "its supervisor died (killed?)"
         if report is not None:
             what += "; its job was stopped" if report.job_stopped else "; its job had ended"
             if report.removed:
                 what += " and its files were removed"
-        raise TaskNotFoundError(f"task {pid} is gone: {what}", pid)
+        return TaskNotFoundError(f"task {pid} is gone: {what}", pid)
 
     def unresponsive_info(self, pid: int, since: float | None) -> dict[str, Any]:
         # What the files and /proc say without the supervisor: enough for ls to show the

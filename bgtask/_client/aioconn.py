@@ -1,0 +1,386 @@
+"""The asyncio end of the wire: connect to and authenticate with a supervisor, and call
+its exposed methods, on the event loop's own non-blocking sockets (no thread per call).
+
+The protocol itself is the sans-I/O one of ``_wire`` (:class:`ClientHandshake`,
+:class:`FrameDecoder`, ``map_fault``, ``reply_result``), the very pieces the blocking
+client drives over its blocking socket (``_client/connection.py``): only the I/O is
+written twice. A connection is an :class:`asyncio.Protocol` whose reader stays
+registered for its whole life, so a call costs one write and one wake-up, not an
+``add_reader``/``remove_reader`` pair per ``sock_recv``.
+
+Waits are probed every :data:`~bgtask._client.connection.SILENT_PROBE` seconds: a
+supervisor that is stopped (``kill -STOP``) is reported as
+:class:`~bgtask.TaskUnresponsiveError` instead of hanging the await; one that dies
+closes the socket, which fails the await with :class:`~bgtask.TaskNotFoundError`.
+
+A call interrupted by a cancellation leaves its connection out of step: it is closed,
+never reused (:class:`AioConnection` knows it is *broken*). What the supervisor did with
+the call then depends on the call, and the caller picks how to end it
+(:meth:`AioConnection.call`'s *on_cancel*):
+
+* ``"close"`` -- hang up at once (info, kill, a non-consuming read...);
+* ``"settle"`` -- wait briefly for the answer first, so that what the supervisor did is
+  final when the cancellation propagates (a write to stdin: its ``limit`` then tells
+  exactly what was accepted);
+* ``"reclaim"`` -- a consuming read: see :meth:`AioConnection.reclaim`.
+"""
+
+from __future__ import annotations
+
+import _socket
+import asyncio
+import errno
+import os
+import pickle
+import socket
+import time
+from typing import Any
+
+from bgtask import _paths
+from bgtask._client.connection import SILENT_PROBE, _check_socket, _read_token, _stopped
+from bgtask._wire.faults import Stopped, map_fault, reply_result
+from bgtask._wire.framing import FrameDecoder, ProtocolError, frame
+from bgtask._wire.handshake import ClientHandshake
+from bgtask._wire.names import ANSWER_GRACE, CONNECT_TIMEOUT, STATE_IDENT
+
+#: how long a cancelled call waits for the supervisor's answer with ``on_cancel="settle"``.
+SETTLE_GRACE = 2.0
+#: the first pause between connect attempts while the listen backlog is full.
+_BACKLOG_PAUSE = 0.001
+
+
+class _Wire(asyncio.Protocol):
+    """Bytes in, whole messages out; one waiter at a time (one call per connection)."""
+
+    def __init__(self, hs: ClientHandshake) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.hs: ClientHandshake | None = hs
+        self.decoder = FrameDecoder()
+        self.waiter: asyncio.Future[bytes | None] | None = None
+        self.lost: BaseException | None = None
+        self.gone = asyncio.get_running_loop().create_future()  # set by connection_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        hs = self.hs
+        if hs is not None:
+            try:
+                hs.receive_data(data)
+            except Exception as exc:
+                self._write(hs.data_to_send())  # our #FAILURE#, if we refused the peer
+                self._fail(exc)
+                return
+            self._write(hs.data_to_send())
+            if hs.done:
+                self.hs = None
+                self._deliver(None)
+            return
+        self.decoder.feed(data)
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            if self.decoder.buffered:  # nobody asked: the peer is out of step
+                self._fail(ProtocolError("the supervisor sent data out of turn"))
+            return
+        try:
+            msg = self.decoder.next_message()
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if msg is not None:
+            if self.decoder.buffered:
+                self._fail(ProtocolError("a second message arrived before the first was answered"))
+                return
+            self._deliver(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc if exc is not None else EOFError("the supervisor closed the connection")
+        self._fail(self.lost)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _deliver(self, msg: bytes | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(msg)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.lost is None and not isinstance(exc, EOFError):
+            self.lost = exc
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class AioConnection:
+    """One authenticated connection to the supervisor of task *pid*, in one event loop.
+
+    Made by :func:`open_connection` (or :func:`adopt`). ``token`` identifies the
+    supervisor (see :class:`~bgtask._client.cache.ConnectionCache`).
+    """
+
+    def __init__(self, pid: int, wire: _Wire, token: bytes) -> None:
+        self.pid = pid
+        self.token = token
+        self.owner_pid = os.getpid()
+        self._wire = wire
+        self._loop = asyncio.get_running_loop()
+        #: out of step for good (a cancelled or failed call): never reused.
+        self.broken = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        t = self._wire.transport
+        return self.broken or t is None or t.is_closing() or self._wire.lost is not None
+
+    def close(self) -> None:
+        self.broken = True
+        t = self._wire.transport
+        if t is not None and not t.is_closing():
+            t.abort()  # abort: close() would keep the socket open to flush a pending write
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Wait up to *timeout* s for the supervisor to close its end; whether it did."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._wire.gone), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _fileno(self) -> int:
+        t = self._wire.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        return -1 if sock is None else int(sock.fileno())
+
+    async def call(self, method: str, args: tuple[Any, ...], kwds: dict[str, Any],
+                   blocks_for: float | None = 0.0, on_cancel: str = "close") -> Any:
+        """Call *method*; the result, or its exception (mapped by ``map_fault``).
+
+        :param blocks_for: how long the method may block in the supervisor (``None``:
+            without limit); the answer is awaited that long plus ``ANSWER_GRACE``, and a
+            stopped supervisor is noticed after ``SILENT_PROBE``.
+        :param on_cancel: ``"close"``, ``"settle"`` or ``"reclaim"`` (module docstring).
+            With ``"reclaim"``, a cancellation that finds the whole reply already
+            delivered raises :class:`Reclaimed` carrying it, instead of CancelledError.
+        """
+        if self.closed:
+            raise map_fault(EOFError("the connection is closed"), self.pid, f"{method}()", False)
+        wire = self._wire
+        waiter: asyncio.Future[bytes | None] = self._loop.create_future()
+        wire.waiter = waiter
+        payload = pickle.dumps((STATE_IDENT, method, args, kwds), pickle.HIGHEST_PROTOCOL)
+        assert wire.transport is not None
+        wire.transport.write(frame(payload))
+        started = time.monotonic()
+        deadline = None if blocks_for is None else started + blocks_for + ANSWER_GRACE
+        timer = self._loop.call_later(SILENT_PROBE, self._probe, waiter, deadline)
+        try:
+            msg = await waiter
+        except asyncio.CancelledError:
+            timer.cancel()
+            reply = await self._cancelled(waiter, on_cancel)
+            if reply is not None:
+                try:
+                    result = self._result(reply, method)
+                except Exception:
+                    pass  # it failed in the supervisor: nothing was read
+                else:
+                    raise Reclaimed(result) from None
+            raise
+        except Exception as exc:
+            self.close()
+            since = None
+            if isinstance(exc, TimeoutError):
+                since = time.time() - (time.monotonic() - started)
+            raise map_fault(exc, self.pid, f"{method}()", False, since) from None
+        finally:
+            timer.cancel()
+            wire.waiter = None
+        assert msg is not None
+        return self._result(msg, method)
+
+    def _result(self, msg: bytes, method: str) -> Any:
+        try:
+            kind, result = pickle.loads(msg)
+        except Exception as exc:
+            self.close()
+            raise map_fault(ProtocolError(f"an unreadable reply: {exc!r}"), self.pid,
+                            f"{method}()", False) from None
+        return reply_result(kind, result, self.pid, method)
+
+    def _probe(self, waiter: asyncio.Future[bytes | None], deadline: float | None) -> None:
+        """Every SILENT_PROBE of a wait: is the supervisor stopped, or past its deadline?"""
+        if waiter.done():
+            return
+        if _stopped(self.pid):
+            waiter.set_exception(Stopped(errno.ETIMEDOUT, "the supervisor is stopped"))
+        elif deadline is not None and time.monotonic() >= deadline:
+            waiter.set_exception(TimeoutError(errno.ETIMEDOUT, "no answer within the call's deadline"))
+        else:
+            self._loop.call_later(SILENT_PROBE, self._probe, waiter, deadline)
+
+    async def _cancelled(self, waiter: asyncio.Future[bytes | None], on_cancel: str) -> bytes | None:
+        """End a call interrupted by a cancellation; the connection is closed after."""
+        try:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                msg = waiter.result()  # the answer came before the cancellation took effect
+                return msg if on_cancel == "reclaim" else None
+            if on_cancel == "settle":
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), SETTLE_GRACE)
+                except BaseException:
+                    pass
+                return None
+            if on_cancel == "reclaim":
+                return self.reclaim()
+            return None
+        finally:
+            self.close()
+
+    def reclaim(self) -> bytes | None:
+        """After a cancelled consuming read: the whole reply if it has already arrived
+        (the read happened), else None -- and then the read is undone by the supervisor.
+
+        ``shutdown(SHUT_RD)`` on our end makes every later send of the supervisor fail
+        (``EPIPE``): a reply not yet sent, or sent only in part, is rolled back by it
+        (``_supervisor/server.py``: a claim whose reply could not be delivered). Bytes
+        that arrived before the shutdown stay readable: if they make the whole reply,
+        it was sent, and the caller must put it back or hand it on.
+        """
+        fd = self._fileno()
+        if fd < 0:
+            return None
+        sock = _socket.socket(fileno=fd)
+        try:
+            try:
+                sock.shutdown(_socket.SHUT_RD)
+            except OSError:
+                return None
+            while True:
+                try:
+                    data = sock.recv(1 << 20, _socket.MSG_DONTWAIT)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._wire.decoder.feed(data)
+        finally:
+            sock.detach()
+        try:
+            return self._wire.decoder.next_message()
+        except ProtocolError:
+            return None
+
+
+class Reclaimed(Exception):
+    """A cancelled consuming read whose reply had fully arrived: *result* is what it
+    read (the caller puts it back, then re-raises the cancellation)."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("a cancelled read's reply")
+        self.result = result
+
+
+async def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> AioConnection:
+    """Connect to and authenticate with the supervisor of task *pid* in local pool
+    directory *pool*: :func:`bgtask._client.connection.open_connection`, awaitable.
+
+    :raises TaskNotFoundError: no such task, or its supervisor is dead
+        (``SupervisorDeadError`` when its socket refuses connections).
+    :raises TaskUnresponsiveError: the supervisor is stopped, or silent past *timeout*.
+    :raises AccessDeniedError: the task's files belong to another user.
+    """
+    path = _check_socket(pool, pid)
+    token = _read_token(pool, pid, path)
+    deadline = time.monotonic() + timeout
+    since = time.time()
+    sock = await _connect(path, pid, deadline, since)
+    wire = _Wire(ClientHandshake(_paths.authkey_from_token(token)))
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.create_unix_connection(lambda: wire, sock=sock)
+    except OSError as exc:
+        sock.close()
+        raise map_fault(exc, pid, "connecting", True, since) from None
+    conn = AioConnection(pid, wire, token)
+    waiter: asyncio.Future[bytes | None] = loop.create_future()
+    wire.waiter = waiter
+    if wire.hs is None:  # pragma: no cover - the handshake finished inside connection_made
+        waiter.set_result(None)
+    elif wire.lost is not None:
+        waiter.set_exception(wire.lost)
+    timer = loop.call_later(SILENT_PROBE, conn._probe, waiter, deadline)
+    try:
+        await waiter
+    except BaseException as exc:
+        conn.close()
+        if not isinstance(exc, Exception):
+            raise
+        raise map_fault(exc, pid, "connecting", True, since) from None
+    finally:
+        timer.cancel()
+        wire.waiter = None
+    return conn
+
+
+async def _connect(path: str, pid: int, deadline: float, since: float) -> Any:
+    """A connected non-blocking socket to *path*.
+
+    A non-blocking ``connect`` to a Unix socket whose listen backlog is full fails at
+    once with ``EAGAIN`` (it is not "in progress", and asyncio's ``sock_connect`` would
+    wait for a writability that says nothing): try again after a pause, up to the
+    deadline, looking whether the supervisor is stopped once a SILENT_PROBE has passed.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | getattr(socket, "SOCK_CLOEXEC", 0))
+    sock.setblocking(False)
+    pause = _BACKLOG_PAUSE
+    probe_at = time.monotonic() + SILENT_PROBE
+    try:
+        while True:
+            try:
+                sock.connect(path)
+                return sock
+            except (BlockingIOError, InterruptedError):
+                now = time.monotonic()
+                if now >= deadline:
+                    raise map_fault(TimeoutError(errno.ETIMEDOUT, "no slot in the listen backlog"),
+                                    pid, "connecting", True, since) from None
+                if now >= probe_at:
+                    if _stopped(pid):
+                        raise map_fault(Stopped("the supervisor is stopped"), pid, "connecting",
+                                        True, since) from None
+                    probe_at = now + SILENT_PROBE
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            except OSError as exc:
+                raise map_fault(exc, pid, "connecting", True, since) from None
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def adopt(conn: Any, pid: int) -> AioConnection:
+    """An :class:`AioConnection` over an already authenticated blocking connection
+    *conn* (a backend's, e.g. a remote pool's) whose descriptor is a stream socket."""
+    fd = os.dup(conn.fileno())
+    token = conn.token
+    conn.close()
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    wire = _Wire(ClientHandshake(b""))
+    wire.hs = None
+    await asyncio.get_running_loop().create_unix_connection(lambda: wire, sock=sock)
+    return AioConnection(pid, wire, token)
+
+
+__all__ = ["SETTLE_GRACE", "AioConnection", "Reclaimed", "adopt", "open_connection"]
