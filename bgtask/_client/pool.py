@@ -160,10 +160,6 @@ class TaskPool:
         # tab completion: the everyday API (``backend`` still works; it is the seam)
         return ["path", "spawn", "search", "clean"]
 
-    def __dir__(self) -> list[str]:
-        # tab completion: the everyday API (``backend`` still works; it is the seam)
-        return ["path", "spawn", "search", "clean"]
-
     # -- spawn -------------------------------------------------------------------------------
 
     def spawn(
