@@ -55,7 +55,7 @@ def claimed(*needles: str) -> str:
 
 QUICK_START = ('"$d/venv/bin/pip" install -q .', "mktemp -d")
 ACTIVATE = ('. "$d/venv/bin/activate"',)
-TEST_COMMAND = ("pip install -q -e '.[test,docs]'", "pytest -q")
+TEST_COMMAND = ("pip install -q -e '.[test,docs,web]'", "pytest -q")
 TOUR = ("task = bgtask.spawn(", "task.restart()")
 WORKER = ("# worker.py",)
 CLIENT = ("# client.py",)

@@ -243,8 +243,7 @@ def _read_reports(fd: int, timeout: float) -> Iterator[Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        r, _, _ = select.select([fd], [], [], remaining)
-        if not r:
+        if not _readable(fd, remaining):
             return
         part = os.read(fd, 65536)
         if not part:
@@ -254,8 +253,16 @@ def _read_reports(fd: int, timeout: float) -> Iterator[Any]:
 
 def _read_stderr(fd: int) -> bytes:
     """What a supervisor that died without a report said (waits at most 1 s for it)."""
-    r, _, _ = select.select([fd], [], [], 1.0)
-    return os.read(fd, 65536) if r else b""
+    return os.read(fd, 65536) if _readable(fd, 1.0) else b""
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Wait up to *timeout* s until *fd* is readable (or at EOF). poll(), not select():
+    select() raises ValueError for an fd above 1023, and a client following hundreds of
+    tasks has that many open."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
 
 
 __all__ = ["DEFAULT_MAX_BUFFER", "DEFAULT_RETAIN_OUTPUT", "SPAWN_TIMEOUT", "build_spec",
