@@ -237,3 +237,27 @@ def test_works_under_uvloop(pool: bgtask.TaskPool) -> None:
         return out
 
     assert uvloop.run(main()) == b"uv\n"
+
+
+def test_spawn_with_more_than_1023_fds_open(pool: bgtask.TaskPool) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the hard fd limit is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fds: list[int] = []
+    try:
+        while len(fds) < 1100:
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        assert max(fds) > 1023
+        task = pool.spawn(py("print('ok')"))  # select() raised ValueError here
+        assert task.wait(10) == 0
+        atask = run(bgtask.AsyncTaskPool(pool).spawn(py("print('ok')")))
+        assert atask.sync.wait(10) == 0
+        task.delete()
+        atask.sync.delete()
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
