@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
+from bgtask._client import requests as _req
 from bgtask._errors import BgTaskError, HostUnreachableError, OutputGoneError
-from bgtask._wire.checks import check_timeout as _check_timeout
-from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
+from bgtask._wire.names import MESSAGE_STREAMS, STREAMS
 
 if TYPE_CHECKING:
     from bgtask._client.task import Task
@@ -55,13 +55,7 @@ def stream_name(which: object) -> str:
     raise TypeError(f"a stream is 0, 1, 2 or a name, not {type(which).__name__}")
 
 
-def _check_offset(name: str, value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int offset, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, not {value}")
+_check_offset = _req.check_offset  # the shared check (``_client/requests.py``)
 
 
 #: how a stream calls its supervisor: ``call(method, *args, blocks_for=...)``.
@@ -164,37 +158,24 @@ class Stream:
         :raises OutputGoneError: *start* is before :attr:`start`.
         :raises ValueError: reading stdin, or ``end < start``.
         """
-        if self._name == "stdin":
-            raise ValueError("stdin cannot be read: it is written by clients and read by the job")
-        _check_offset("start", start)
-        _check_offset("end", end)
-        _check_timeout(timeout)
-        if start is None and end is not None:
-            raise ValueError("read(end=...) needs a start: read(start, end)")
-        if start is not None and end is not None and end < start:
-            raise ValueError(f"end ({end}) is before start ({start})")
-        consume = start is None
+        consume = _req.check_read(self._name, start, end, timeout)
         _pos, nxt, data, limit, _eof = self._read_once(start, end, consume, timeout)
         if not data:
-            return [] if self.is_messages else b""
+            return _req.empty_read(self.is_messages)
         parts = [data]
-        goal = limit if end is None else min(end, limit)
+        goal = _req.read_goal(limit, end)
         while nxt < goal:  # the supervisor caps one reply: fetch the rest of the range
             _pos, nxt, more, _limit, _eof = self._read_once(None if consume else nxt, end, consume, 0.0)
             if not more:
                 break
             parts.append(more)
-        if self.is_messages:
-            return [_codec.decode(blob) for part in parts for blob in part]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return _req.decode_read(self.is_messages, parts)
 
     def _read_once(self, start: int | None, end: int | None, consume: bool,
                    timeout: float | None, max_bytes: int | None = None) -> tuple[int, int, Any, int, bool]:
         __tracebackhide__ = True  # IPython and pytest show read()/follow(), not this
-        args: tuple[Any, ...] = (self._name, start, end, consume, timeout)
-        if max_bytes is not None:
-            args += (max_bytes,)
-        return self._call("stream_read", *args, blocks_for=timeout)
+        return self._call("stream_read", *_req.read_args(self._name, start, end, consume, timeout, max_bytes),
+                          blocks_for=timeout)
 
     def follow(self, start: int | None = None) -> Iterator[Any]:
         """Yield output until the end of the stream: bytes chunks, or single messages.
@@ -210,9 +191,7 @@ class Stream:
 
         :raises ValueError: following stdin.
         """
-        if self._name == "stdin":
-            raise ValueError("stdin cannot be followed: it is written by clients")
-        _check_offset("start", start)
+        _req.check_follow(self._name, start)
         return self._follow(start)
 
     def _follow(self, pos: int | None) -> Iterator[Any]:
@@ -289,18 +268,9 @@ class Stream:
             serialized by dill (nothing is sent then).
         :raises ValueError: writing stdout/stderr.
         """
-        _check_timeout(timeout)
-        if self._name in OUTPUT_STREAMS:
-            raise ValueError(f"{self._name} cannot be written: it is the job's output")
+        payload = _req.check_write(self._name, data, timeout)
         if self.is_messages:
-            blob = _codec.encode(data, "message")
-            return int(self._call("stream_write", self._name, blob, None))
-        if isinstance(data, str):
-            payload = data.encode("utf-8")
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            payload = bytes(data)
-        else:
-            raise TypeError(f"stdin takes bytes or str, not {type(data).__name__}")
+            return int(self._call("stream_write", self._name, payload, None))
         deadline = None if timeout is None else time.monotonic() + timeout
         limit = 0
         for i in range(0, max(len(payload), 1), STDIN_CHUNK):
@@ -323,16 +293,7 @@ class Stream:
             by dill (its index is named; nothing is sent then).
         :raises ValueError: a byte stream (use :meth:`write` for stdin).
         """
-        if not self.is_messages:
-            raise ValueError(f"write_many() sends messages (data, control), not to {self._name}")
-        if isinstance(objects, (str, bytes, bytearray, memoryview, dict)):
-            raise TypeError(f"write_many() takes an iterable of messages, not {type(objects).__name__}")
-        try:
-            items = list(objects)
-        except TypeError:
-            raise TypeError(f"write_many() takes an iterable of messages, not "
-                            f"{type(objects).__name__}") from None
-        blobs = [_codec.encode(obj, f"message {i}") for i, obj in enumerate(items)]
+        blobs = _req.encode_many(self._name, objects)
         # One call, whatever the size: the supervisor appends a call's messages under its
         # lock, so nothing can come between them; split into several calls, another
         # writer's message could land between two of them.
@@ -340,8 +301,7 @@ class Stream:
 
     def close(self) -> None:
         """stdin: the job sees end of file once everything written is delivered."""
-        if self._name != "stdin":
-            raise ValueError(f"only stdin can be closed, not {self._name}")
+        _req.check_close(self._name)
         self._call("stream_close", "stdin")
 
 

@@ -9,15 +9,15 @@ from typing import Any
 from bgtask import _format
 from bgtask._client import codec as _codec
 from bgtask._client import connection as _protocol
+from bgtask._client import requests as _req
 from bgtask._client.cache import ConnectionCache
 from bgtask._client.pool import TaskPool
 from bgtask._client.stream import Stream, stream_name
 from bgtask._errors import BgTaskError, TaskNotFoundError, TaskUnresponsiveError
 from bgtask._wire.checks import check_timeout as _check_timeout
-from bgtask._wire.names import EXPOSED
 
 #: seconds from TERM to KILL when a task does not say (the contract's ``grace`` default).
-DEFAULT_GRACE = 5.0
+DEFAULT_GRACE = _req.DEFAULT_GRACE
 
 
 def signal_number(sig: Any) -> int:
@@ -153,10 +153,7 @@ class Task:
 
         :raises ValueError: *name* is not an exposed method.
         """
-        if name not in EXPOSED:
-            raise ValueError(f"unknown remote method {name!r}: one of {', '.join(EXPOSED)}")
-        blocks = None if name in ("wait", "stream_read", "stream_write", "delete") else 0.0
-        return self._call(name, *args, blocks_for=blocks, **kwds)
+        return self._call(name, *args, blocks_for=_req.remote_blocks(name), **kwds)
 
     # -- information ---------------------------------------------------------------------------
 
@@ -212,13 +209,7 @@ class Task:
         :raises TypeError: a key is not a str or a value cannot be serialized by dill
             (nothing is sent then).
         """
-        update: dict[str, Any] = {}
-        if mapping is not None:
-            if not hasattr(mapping, "keys"):
-                raise TypeError(f"apply_meta takes a mapping, not {type(mapping).__name__}")
-            update.update(mapping)
-        update.update(kw)
-        blobs = _codec.encode_meta(update)
+        blobs = _req.meta_update(mapping, kw)
         meta = _codec.decode_meta(self._call("apply_meta", blobs))
         if self._info is not None:
             self._info["meta"] = meta
@@ -260,9 +251,8 @@ class Task:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The job's returncode (negative: killed by that signal), or None on timeout."""
-        _check_timeout(timeout)
         # COLLECT_GRACE (1 s) for the output after the exit is included in the answer wait
-        return self._call("wait", timeout, blocks_for=None if timeout is None else timeout + 1.5)
+        return self._call("wait", timeout, blocks_for=_req.wait_blocks(timeout))
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Stop the job and wait for it: TERM (and CONT, so that a paused job sees it),
@@ -288,10 +278,7 @@ class Task:
     def _grace(self) -> float:
         """The task's ``grace`` (seconds from TERM to KILL), asked afresh: 5.0, the
         default, from a supervisor that does not report one."""
-        grace = self.info(fresh=True).get("grace")
-        if isinstance(grace, (int, float)) and not isinstance(grace, bool):
-            return float(grace)
-        return DEFAULT_GRACE
+        return _req.grace_of(self.info(fresh=True))
 
     def delete(self, timeout: float | None = None) -> None:
         """Terminate the job (TERM+CONT, KILL after *timeout*); the supervisor removes its
