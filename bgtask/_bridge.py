@@ -133,5 +133,7 @@ def main(argv: list[str]) -> None:
         sshwire.send(wfd, reply)
 
 
+__all__ = ["Bridge", "main"]
+
 if __name__ == "__main__":
     main(sys.argv[1:])
