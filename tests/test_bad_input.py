@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -426,7 +425,7 @@ def test_a_task_deleted_by_someone_else_during_a_call(pool: bgtask.TaskPool) -> 
     for t in threads:
         t.start()
     time.sleep(0.3)
-    os.kill(task.pid, signal.SIGTERM)  # = delete(5), from outside
+    bgtask.Task(task.pid, pool).delete()  # by someone else (a signal by hand is forwarded)
     for t in threads:
         t.join(10)
     # Each got an answer (end of stream, the exit code, stdin closed) or learned that the

@@ -10,7 +10,8 @@ Decisions these tests pin down (see "Choices where the contract is silent" in th
   connections), sends SIGTERM+SIGCONT -- SIGKILL one second later -- to the orphan's
   process group, identified by the job pid *and* start time recorded in the token file
   (so a reused pid is never hit), and removes the files.
-* **A supervisor that gets SIGTERM or SIGINT** behaves like ``delete(5)``.
+* **Signals sent to a supervisor by hand** (TERM, INT, HUP, QUIT, USR1, USR2) are
+  forwarded to the job's process group; the supervisor stays until ``delete()``.
 * **A supervisor whose socket or token file is removed** (the pool directory was
   deleted, or someone unlinked the files) can never be reached again by a new client:
   it notices within a few seconds and behaves like ``delete(5)``, rather than keep a job
@@ -261,19 +262,27 @@ def test_supervisor_killed_by_its_job_while_starting(pool: bgtask.TaskPool) -> N
     wait_for(lambda: not processes_of_pool(str(pool.path)), timeout=3)
 
 
-def test_supervisor_sigterm_and_sigint_behave_like_delete(pool: bgtask.TaskPool) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        task = pool.spawn(py("import time; print('hi', flush=True); time.sleep(60)"))
-        job = task.info()["child_pid"]
-        wait_for(lambda t=task: t.stream("stdout").limit == 3)
-        reader = in_thread(lambda t=task: t.stream("stderr").read(timeout=30))
-        time.sleep(0.2)
-        os.kill(task.pid, sig)
-        assert reader.done.wait(5)
-        # The blocked reader is answered (end of stream) or cut off; it never hangs.
-        assert reader.error is None or isinstance(reader.error, bgtask.TaskNotFoundError), reader.error
-        wait_for(lambda t=task, j=job: not pid_alive(t.pid) and not pid_alive(j), timeout=5)
-        assert task_files(pool) == []
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                                 signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
+def test_signals_sent_to_a_supervisor_by_hand_go_to_the_job(spawn: Callable[..., bgtask.Task],
+                                                            pool: bgtask.TaskPool, sig: signal.Signals) -> None:
+    """API.md, "Signals sent to a supervisor by hand": `kill <task id>` reaches the job's
+    process group (like tini); the supervisor stays, with the output, until delete()."""
+    task = spawn(py("import signal, sys, time\n"
+                    f"signal.signal({int(sig)}, lambda s, f: (print('got', s, flush=True), sys.exit(3)))\n"
+                    "print('ready', flush=True); time.sleep(60)"))
+    wait_for(lambda: task.stream("stdout").read(0) == b"ready\n")
+    os.kill(task.pid, sig)
+    assert task.wait(timeout=10) == 3
+    assert task.stream("stdout").read() == f"ready\ngot {int(sig)}\n".encode()
+    # Again, with the job gone: nothing to forward, and the supervisor still stays.
+    os.kill(task.pid, sig)
+    time.sleep(0.3)
+    assert pid_alive(task.pid)
+    assert task.info(fresh=True)["status"]["returncode"] == 3
+    assert {f"{task.pid}.sock", f"{task.pid}.token"} <= set(task_files(pool))
+    task.delete()
+    assert task_files(pool) == []
 
 
 # -- the job misbehaves ------------------------------------------------------------------------

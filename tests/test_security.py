@@ -277,13 +277,17 @@ def test_task_files_are_never_accessible_to_others(shared: str) -> None:
         with open(os.path.join(shared, f"{task.pid}.token"), "rb") as f:
             token_hex = f.read().split()[1]
         # The token lives in the token file and the supervisor's memory only: not in the
-        # job's environment, and the job holds no descriptor but its own 0, 1 and 2.
+        # job's environment, and the job holds no descriptor but its own 0, 1 and 2 and its lock.
         job = task.info()["child_pid"]
         with open(f"/proc/{job}/environ", "rb") as f:
             assert token_hex not in f.read()
         with open(f"/proc/{task.pid}/cmdline", "rb") as f:
             assert token_hex not in f.read()
-        assert sorted(os.listdir(f"/proc/{job}/fd")) == ["0", "1", "2"]
+        # 0/1/2, and the lock's fd: the job holds the lock too (it outlives a killed
+        # supervisor; issue 11 #6)
+        fds = sorted(os.listdir(f"/proc/{job}/fd"))
+        assert fds[:3] == ["0", "1", "2"] and len(fds) == 4, fds
+        assert os.readlink(f"/proc/{job}/fd/{fds[3]}").endswith("/lock-0-nightly.lock")
     finally:
         task.delete()
 

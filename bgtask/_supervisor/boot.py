@@ -32,7 +32,8 @@ import os
 import sys
 
 from bgtask import _paths, _process
-from bgtask._supervisor.launch import StartError, launch, take_lock
+from bgtask._supervisor import threads
+from bgtask._supervisor.launch import StartError, catch_signals, launch, take_lock, wait_sweep_lock
 
 # The supervisor imports this module: typing costs it ~2.5 ms and memory at start-up,
 # so it is only imported for type checkers.
@@ -44,15 +45,17 @@ if TYPE_CHECKING:
 
 # -- status reports to the spawner -------------------------------------------------------
 
-def report(msg: tuple[Any, ...], fd: int = 1) -> None:
+def report(msg: tuple[Any, ...], fd: int = 1) -> bool:
+    """Send *msg* to the spawner; False if it is gone (it gave up on us)."""
     data = marshal.dumps(msg)
     data = len(data).to_bytes(4, "big") + data
     while data:
         try:
             n = os.write(fd, data)
         except OSError:
-            return  # the spawner is gone; nothing to tell
+            return False  # EPIPE: the spawner closed its end
         data = data[n:]
+    return True
 
 
 def _read_all(fd: int) -> bytes:
@@ -78,10 +81,11 @@ class Startup:
         self.sock: Any = None
         self.lock_fd = -1
         self.job: tuple[int, int, int, int] | None = None
+        #: where the numbers of the signals to forward to the job arrive (catch_signals)
+        self.signal_fd = -1
 
     def make_files(self) -> None:
         import _socket
-        import fcntl
 
         pool, pid = self.pool, self.pid
         # Serialise with a sweeper that is removing a dead supervisor's files under this
@@ -91,7 +95,7 @@ class Startup:
             lock_fd = _paths.open_private(_paths.sweep_lock_path(pool, os.geteuid()),
                                           os.O_RDWR | os.O_CREAT, 0o600)
             if _paths.is_mine(os.fstat(lock_fd)):
-                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                wait_sweep_lock(lock_fd, _paths.sweep_lock_path(pool, os.geteuid()))
         except OSError:
             pass  # a planted or unwritable lock file: go on without it
         try:
@@ -131,7 +135,7 @@ class Startup:
         self.make_files()
         if cfg["lock"]:
             self.lock_fd = take_lock(self.pool, cfg["lock"])
-        self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"])
+        self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"], self.lock_fd)
         _paths.write_job_record(self.token_fd, self.job[0], _process.proc_start_time(self.job[0]))
 
     def remove_files(self) -> None:
@@ -166,7 +170,12 @@ def main(pool: str) -> None:
     startup = Startup(pool, {})
     try:
         startup.config = marshal.loads(data)
-        report(("pid", startup.pid))
+        if not report(("pid", startup.pid)):
+            os._exit(1)  # the spawner gave up already: start nothing
+        # The threads needed to serve, before anything is made: a task that spawn()
+        # returned must answer, not die when its first thread cannot start.
+        threads.reserve()
+        startup.signal_fd = catch_signals()
         startup.start()
     except StartError as exc:
         startup.remove_files()
@@ -179,7 +188,15 @@ def main(pool: str) -> None:
         report(("error", "internal", 0, traceback.format_exc(), None))
         os._exit(1)
     assert startup.job is not None
-    report(("ok", startup.pid, startup.job[0]))
+    if not report(("ok", startup.pid, startup.job[0])):
+        # The spawner gave up and raised SpawnError: that leaves nothing behind, ever.
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(startup.job[0], 9)
+            except OSError:
+                pass
+        startup.remove_files()
+        os._exit(1)
     _detach_stdio()
     try:
         # multiprocessing.managers falls back cleanly without shared_memory (HAS_SHMEM =

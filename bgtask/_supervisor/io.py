@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
+
+from bgtask._supervisor import threads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Protocol
 
     from bgtask._supervisor.outputs import Outputs
@@ -157,10 +159,8 @@ class PipeIO:
                 os.set_blocking(fd, True)
 
 
-def _thread(target: object, name: str, *args: object) -> threading.Thread:
-    t = threading.Thread(target=target, name=name, args=args, daemon=True)  # type: ignore[arg-type]
-    t.start()
-    return t
+def _thread(target: Callable[..., object], name: str, *args: object) -> None:
+    threads.start(target, name, *args)  # a thread reserved at boot, if one is left
 
 
 __all__ = ["PipeIO"]

@@ -302,16 +302,27 @@ class Job:
             return True
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The returncode once exited and collected; None if *timeout* passed first."""
+        """The returncode once exited and collected; None if *timeout* passed first.
+
+        The answer is the status of the run that ended, taken when it ended: another
+        client's restart() while this waits for the output (a descendant holds a pipe)
+        begins a new run, which has no status yet -- that used to answer None, or fail
+        on an assertion. The new run also ends the wait for the old run's output.
+        """
         with self.lock:
             if not self.changed.wait_for(lambda: self.phase is EXITED, timeout):
                 return None
+            returncode = self.returncode
+            ended = self.ended_mono if self.ended_mono is not None else time.monotonic()
+            last = self.last_run
+
+            def done() -> bool:
+                return self.phase is not EXITED or self.last_run is not last or self.collected()
+
             # Collect the output: at most COLLECT_GRACE after the exit, whatever the
             # caller's timeout (the "collect" deadline ends it; the bound is a backstop).
-            assert self.ended_mono is not None
-            self.changed.wait_for(self.collected,
-                                  max(0.0, self.ended_mono + COLLECT_GRACE - time.monotonic()))
-            return self.exit_code if self.signal is None else -self.signal
+            self.changed.wait_for(done, max(0.0, ended + COLLECT_GRACE - time.monotonic()))
+            return returncode
 
     def delete(self, timeout: float) -> None:
         """Claim the supervisor's end; stop the job (TERM+CONT, KILL after *timeout*) and
@@ -324,15 +335,17 @@ class Job:
                     del self.deadlines[kind]  # no restart, no timeout: we are going away
             run = self.run if self.phase in SIGNALLABLE else None
             last = self.last_run
-            if run is None and last is not None and self.pipes.pipes_open():
-                # Descendants in the ended job's group still hold its pipes: the output
-                # dies with the supervisor, so they go too. (A live member pins the
-                # pgid, so it cannot have been reused.)
-                self.launcher.signal(last, signal.SIGTERM)
-                self.launcher.signal(last, signal.SIGCONT)
+            stragglers = run is None and last is not None and self.pipes.pipes_open()
         if run is not None:
             # Without the lock: the reaper needs it to report the exit.
             self.launcher.terminate(run, timeout, lambda: self.run is run)
+        elif stragglers and last is not None:
+            # Descendants in the ended job's group still hold its pipes: the output dies
+            # with the supervisor, so they go too -- TERM+CONT, then KILL after
+            # *timeout* like the job itself (TERM alone left those that ignore it).
+            # The launcher signals the group only while it has members (a live member
+            # pins the pgid, so it cannot have been reused).
+            self.launcher.terminate(last, timeout, self.pipes.pipes_open)
 
     # -- timers ------------------------------------------------------------------------------
 

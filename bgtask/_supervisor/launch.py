@@ -1,6 +1,8 @@
 """Starting the job: ``posix_spawn`` into its own process group with pipes on 0/1/2, and
 taking the per-user lock of ``spawn(lock=...)``. Used by the boot (first run) and by
-restarts.
+restarts. Also the boot's two waits and catches that must not import anything heavy:
+the sweep lock (:func:`wait_sweep_lock`) and the signals forwarded to the job
+(:func:`catch_signals`).
 
 Light on purpose (os, errno, _signal): the boot imports it before it reports.
 """
@@ -15,7 +17,7 @@ from bgtask import _paths
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    pass
+    from typing import Any
 
 #: signals a job must not inherit as ignored (Python ignores SIGPIPE and SIGXFSZ; the
 #: supervisor ignores SIGHUP; a caller that ignores SIGCHLD would make the job's own
@@ -40,11 +42,15 @@ def resolve_program(argv0: str, env: dict[str, str]) -> list[str]:
     return [os.path.join(d or ".", argv0) for d in path.split(os.pathsep)]
 
 
-def launch(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, int, int]:
+def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1) -> tuple[int, int, int, int]:
     """Start the job; returns ``(pid, stdin_w, stdout_r, stderr_r)``.
 
     The job gets its own process group (so signals reach its children too), pipes on
-    0/1/2 and nothing else: every other fd of the supervisor is close-on-exec.
+    0/1/2 and nothing else: every other fd of the supervisor is close-on-exec -- except
+    *lock_fd*, the ``spawn(lock=...)`` lock, which the job inherits under the same
+    number. A ``flock`` belongs to the open file description, so the job (and whatever
+    it leaves running) keeps the lock held when the supervisor dies (SIGKILL, OOM):
+    otherwise the next ``spawn(lock=...)`` would succeed beside the orphaned job.
 
     :raises StartError: with the real reason (bad cwd, no such program, not executable).
     """
@@ -61,7 +67,7 @@ def launch(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, in
         except OSError as exc:
             raise StartError("cwd", exc.errno, exc.strerror, cwd) from None
         try:
-            pid = _spawn_path(argv, env, r0, w1, w2)
+            pid = _spawn_path(argv, env, r0, w1, w2, lock_fd)
         finally:
             os.chdir("/")  # do not keep the job's directory busy
     except BaseException:
@@ -73,12 +79,15 @@ def launch(argv: list[str], env: dict[str, str], cwd: str) -> tuple[int, int, in
     return pid, w0, r1, r2
 
 
-def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int) -> int:
+def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int, lock_fd: int) -> int:
     actions = [
         (os.POSIX_SPAWN_DUP2, r0, 0),
         (os.POSIX_SPAWN_DUP2, w1, 1),
         (os.POSIX_SPAWN_DUP2, w2, 2),
     ]
+    if lock_fd > 2:
+        # dup2 onto itself clears close-on-exec in posix_spawn (POSIX 2024; glibc >= 2.29).
+        actions.append((os.POSIX_SPAWN_DUP2, lock_fd, lock_fd))
     first_error: OSError | None = None
     for path in resolve_program(argv[0], env):
         try:
@@ -118,4 +127,76 @@ def take_lock(pool: str, name: str) -> int:
     return fd
 
 
-__all__ = ["RESET_SIGNALS", "StartError", "launch", "resolve_program", "take_lock"]
+# -- the boot's waits and catches ------------------------------------------------------------
+
+#: how long a new supervisor waits for the sweep lock (a sweeper holds it for a second or
+#: two; a stopped process may hold it for ever). Shorter than spawn()'s own patience, so
+#: that the spawner hears the real reason.
+SWEEP_LOCK_WAIT = 20.0
+
+
+def wait_sweep_lock(fd: int, path: str, report_fd: int = 1) -> None:
+    """Take the sweep lock on *fd*, waiting while the spawner waits for us.
+
+    A blocking ``flock`` used to wait for ever: a spawner that gave up ("did not report
+    in time") was followed, once the lock was freed, by a job nobody had asked for any
+    more. So: give up when the spawner closes its end of the report pipe *report_fd*
+    (``POLLERR`` on our write end), or after :data:`SWEEP_LOCK_WAIT`.
+
+    :raises StartError: the spawner is gone, or the wait was too long.
+    """
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    import select  # only here, off the fast path
+    import time
+
+    poller = select.poll()
+    poller.register(report_fd, select.POLLERR)
+    deadline = time.monotonic() + SWEEP_LOCK_WAIT
+    while True:
+        if poller.poll(20):
+            raise StartError("gone", errno.EPIPE, "the spawner gave up", None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() > deadline:
+            raise StartError("sweeplock", errno.EAGAIN,
+                             f"the pool's sweep lock {path!r} is held by another process", path)
+
+
+def catch_signals() -> int:
+    """Catch the signals a supervisor forwards to its job (TERM, INT, HUP, QUIT, USR1,
+    USR2); returns the read end of the pipe their numbers arrive on (the server reads
+    it). Done before the boot reports, so that a ``kill <task id>`` right after
+    ``spawn()`` returned is forwarded, never the supervisor's death."""
+    r, w = os.pipe()  # both close-on-exec
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    _signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    for sig in FORWARDED_SIGNALS:
+        _signal.signal(sig, _caught)
+    return r
+
+
+def _caught(signum: int, frame: Any) -> None:
+    """Replaces the default action (death; KeyboardInterrupt for SIGINT). The C handler
+    has written the number to the wakeup fd already: the server forwards it from there,
+    not from here -- a Python handler runs in the main thread between any two bytecodes,
+    maybe while that thread holds the state's (non-reentrant) lock."""
+
+
+#: the signals :func:`catch_signals` catches (API.md, "Signals sent to a supervisor by
+#: hand"): only delete() or SIGKILL end a supervisor.
+FORWARDED_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP, _signal.SIGQUIT,
+                     _signal.SIGUSR1, _signal.SIGUSR2)
+
+
+__all__ = ["FORWARDED_SIGNALS", "RESET_SIGNALS", "SWEEP_LOCK_WAIT", "StartError", "catch_signals",
+           "launch", "resolve_program", "take_lock", "wait_sweep_lock"]

@@ -20,6 +20,7 @@ import threading
 
 from bgtask._errors import OutputGoneError
 from bgtask._supervisor.buffer import ByteBuffer, MessageBuffer
+from bgtask._supervisor.errors import caller_error
 from bgtask._supervisor.job import EXITED
 from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS
 
@@ -179,6 +180,12 @@ class Outputs:
             return pos < stop or self.ended(name) or (end is not None and pos >= end)
 
         with self.lock:
+            if consume and start is not None and start > buf.limit:
+                # It would consume the unread items before *start* without returning
+                # them, and name a next offset past the end.
+                raise caller_error(ValueError(
+                    f"a consuming read of {name} cannot start past its limit {buf.limit} "
+                    f"(asked for {start})"))
             self.arrived[name].wait_for(ready, timeout)
             pos = position()
             if pos < buf.start:
@@ -213,7 +220,14 @@ class Outputs:
         :returns: whether they went back.
         """
         with self.lock:
-            back = self.msgs[name].unconsume(blobs, consumed_end)
+            buf = self.msgs[name]
+            if len(blobs) > consumed_end or consumed_end > buf.limit:
+                # More than were ever consumed up to *consumed_end*: the offsets would go
+                # below 0 (start -4, unread 5 of a limit of 1).
+                raise caller_error(ValueError(
+                    f"cannot put back {len(blobs)} messages consumed before offset "
+                    f"{consumed_end} of {name} (limit {buf.limit})"))
+            back = buf.unconsume(blobs, consumed_end)
             if back:
                 self.arrived[name].notify_all()
             return back

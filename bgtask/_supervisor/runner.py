@@ -9,9 +9,9 @@ terminates its process group (``_process.killpg`` / ``_process.terminate_group``
 from __future__ import annotations
 
 import os
-import threading
 
 from bgtask import _paths, _process
+from bgtask._supervisor import threads
 from bgtask._supervisor.errors import caller_error
 from bgtask._supervisor.io import PipeIO
 from bgtask._supervisor.job import Run
@@ -38,10 +38,14 @@ class ProcessLauncher:
         self.startup = startup
         self.outputs = outputs
         self.stdin = stdin
+        #: the pids of runs not reaped yet (changed under the lock): only these may be
+        #: signalled by pid, never a pid the kernel may have handed to someone else.
+        self.unreaped: set[int] = set()
 
     def adopt(self, fds: tuple[int, int, int, int]) -> Run:
         """The run the boot started: ``(job pid, stdin_w, stdout_r, stderr_r)``."""
         job_pid, stdin_w, stdout_r, stderr_r = fds
+        self.unreaped.add(job_pid)
         out = dict(zip(OUTPUT_STREAMS, (stdout_r, stderr_r), strict=True))
         return Run(job_pid, PipeIO(stdin_w, out, self.outputs, self.stdin))
 
@@ -54,7 +58,8 @@ class ProcessLauncher:
             except StartError as exc:
                 raise start_error_to_exception(exc.args) from None
         try:
-            fds = launch(spec["argv"], spec["env"], spec["cwd"])
+            # The job inherits the lock's fd: it stays held if we die (see launch.launch).
+            fds = launch(spec["argv"], spec["env"], spec["cwd"], startup.lock_fd)
         except StartError as exc:
             self._release_lock()
             raise start_error_to_exception(exc.args) from None
@@ -63,20 +68,54 @@ class ProcessLauncher:
 
     def watch(self, job: Job, run: Run) -> None:
         run.io.start()
-        threading.Thread(target=self._reap, name="reaper", args=(job, run), daemon=True).start()
+        threads.start(self._reap, "reaper", job, run)  # reserved at boot for the first run
 
     def ended(self, run: Run) -> None:
         _paths.write_job_record(self.startup.token_fd, None, None)
         self._release_lock()
 
     def signal(self, run: Run, sig: int) -> bool:
+        """*sig* to the run's process group, and to the job itself if it left the group
+        (lock held)."""
         try:
-            return _process.killpg(run.job_pid, sig)
+            sent = _process.killpg(run.job_pid, sig)
         except ValueError as exc:  # EINVAL: a number the kernel does not know
             raise caller_error(exc) from None
+        return self._signal_leader(run.job_pid, sig) or sent
 
     def terminate(self, run: Run, timeout: float, alive: Callable[[], bool]) -> bool:
-        return _process.terminate_group(run.job_pid, timeout, alive, kill_wait=KILL_WAIT)
+        """TERM+CONT, KILL after *timeout* (lock not held). For a run already reaped
+        (its stragglers), only while its group has members: they pin the pgid, which
+        could otherwise have been reused."""
+        pgid = run.job_pid
+        if pgid in self.unreaped:
+            def leader(sig: int) -> None:
+                with self.outputs.lock:  # the reaper reaps under it: the pid stays ours
+                    self._signal_leader(pgid, sig)
+
+            return _process.terminate_group(pgid, timeout, alive, also=leader, kill_wait=KILL_WAIT)
+
+        def group_alive() -> bool:
+            return alive() and _process.group_alive(pgid)
+
+        if not group_alive():
+            return False
+        return _process.terminate_group(pgid, timeout, group_alive, kill_wait=KILL_WAIT)
+
+    def _signal_leader(self, pid: int, sig: int) -> bool:
+        """*sig* to job *pid* itself if it moved to another process group (lock held).
+        Such a job escaped kill() and delete(); its pid is safe to signal while we have
+        not reaped it. Not when it is in its group: killpg reached it already, and a
+        second USR1 would be a second signal."""
+        if pid not in self.unreaped:
+            return False
+        try:
+            if os.getpgid(pid) == pid:
+                return False
+            os.kill(pid, sig)
+        except OSError:
+            return False
+        return True
 
     def _release_lock(self) -> None:
         # Closing the fd releases the spawn(lock=...) lock.
@@ -119,6 +158,7 @@ class ProcessLauncher:
                     job.run_exited(run, status.si_status, None)
                 else:
                     job.run_exited(run, None, status.si_status)
+                self.unreaped.discard(pid)
                 os.waitpid(pid, 0)  # reap under the lock: kill() never sees a freed pid
                 return
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import select
 import signal
 import socket
 import threading
@@ -37,9 +38,11 @@ from multiprocessing import managers
 from multiprocessing import process as _mp_process
 
 from bgtask import _paths
+from bgtask._supervisor import threads
 from bgtask._supervisor.buffer import Chunks
 from bgtask._supervisor.errors import caller_error, is_caller_error, untag
 from bgtask._supervisor.job import DELETING, SERVING
+from bgtask._supervisor.launch import catch_signals
 from bgtask._supervisor.service import TaskService
 from bgtask._wire.framing import Connection, encode_read_reply
 from bgtask._wire.handshake import HANDSHAKE_DEADLINE, ServerHandshake, hello_version
@@ -159,20 +162,43 @@ class TaskServer(managers.Server):
 
     # -- accepting -------------------------------------------------------------------------
 
-    def serve_forever(self) -> None:
+    def start(self) -> None:
+        """Get ready to serve, before the boot reports "started": the accepter runs (in a
+        thread reserved at boot) and the signals to forward are caught."""
         _mp_process.current_process()._manager_server = self  # type: ignore[attr-defined]
         # Which files are ours is settled before the first client is answered: a client
         # may unlink the socket right after its first answer (the test suite does).
-        files = self._our_files()
-        t = threading.Thread(target=self.accepter, name="accepter", daemon=True)
-        t.start()
+        self.files = self._our_files()
+        # Signals by hand (`kill <task id>`) are forwarded to the job, like tini does;
+        # the boot caught them before it reported (launch.catch_signals).
+        startup = self.service.startup
+        if startup.signal_fd < 0:
+            startup.signal_fd = catch_signals()
+        self.signal_fd = startup.signal_fd
+        threads.start(self.accepter, "accepter")
+
+    def serve_forever(self) -> None:
+        """The main thread: forward signals, and check our files now and then."""
+        next_check = time.monotonic() + FILES_CHECK_INTERVAL
         while not self.stop_event.is_set():
-            self.stop_event.wait(FILES_CHECK_INTERVAL)
-            if self._unreachable(files):
-                # Our socket or token file was removed (the pool directory was deleted, or
-                # someone unlinked them): no client can ever find us again. End like
-                # delete() rather than keep a job running that nobody can reach.
-                _on_term(self.service, self)
+            left = next_check - time.monotonic()
+            if left <= 0:
+                next_check = time.monotonic() + FILES_CHECK_INTERVAL
+                if self._unreachable(self.files):
+                    # Our socket or token file was removed (the pool directory was
+                    # deleted, or someone unlinked them): no client can ever find us
+                    # again. End like delete() rather than keep a job running that
+                    # nobody can reach.
+                    _on_term(self.service, self)
+                continue
+            ready, _, _ = select.select([self.signal_fd], [], [], left)
+            if ready:
+                try:
+                    numbers = os.read(self.signal_fd, 256)
+                except BlockingIOError:
+                    continue
+                for signum in numbers:
+                    self.service.forward_signal(signum)
 
     def _our_files(self) -> list[tuple[str, tuple[int, int] | None]]:
         """(path, (inode, device)) of our socket and token file; ``None``: already gone."""
@@ -229,8 +255,10 @@ class TaskServer(managers.Server):
             try:
                 t.start()
             except RuntimeError:
-                pending.discard(c)
-                c.close()  # cannot start a thread: refuse this one connection
+                # No thread for it (RLIMIT_NPROC, memory): serve this one connection
+                # here. Slow for the others, who wait in the backlog (or time out as
+                # "unresponsive"), but the task still answers.
+                self.handle_request(c)
 
     def handle_request(self, conn: Any) -> None:
         try:
@@ -346,6 +374,10 @@ class TaskServer(managers.Server):
                 # must not cut that answer off (delete() would see the supervisor
                 # vanish and raise TaskNotFoundError).
                 deleted = msg[0] == "#RETURN" and _method_of(request) == "delete"
+                # Not kept while this client is idle: a written message is in the
+                # buffer now, and once another client consumes it, this reference
+                # would be the only one left (a 200 MiB message stayed 200 MiB).
+                del request
             claim = outputs.take_claim()
             try:
                 try:
@@ -437,30 +469,36 @@ def _on_term(service: TaskService, server: TaskServer) -> None:
         server.finish()
 
 
-def serve(startup: Startup) -> None:
-    """Serve the task until it is deleted (or the supervisor gets SIGTERM/SIGINT)."""
+def prepare(startup: Startup) -> TaskServer:
+    """Build the server for what the boot started, and start serving in the background
+    (see :meth:`TaskServer.start`). On failure the job is stopped and the files are
+    removed: nobody could ever reach them.
+
+    :raises Exception: what went wrong.
+    """
     try:
         service = TaskService(startup)
         sock = socket.socket(fileno=startup.sock.detach())
         startup.sock = sock
         server = TaskServer(service, sock, _paths.sock_path(startup.pool, startup.pid),
                             _paths.authkey_from_token(startup.token))
+        server.start()
     except BaseException:
-        # We cannot serve: do not leave a job behind that nobody can reach.
         if startup.job is not None:
-            try:
-                os.killpg(startup.job[0], signal.SIGKILL)
-            except OSError:
-                pass
+            job_pid = startup.job[0]
+            for kill in (os.killpg, os.kill):  # the job may have left its group already
+                try:
+                    kill(job_pid, signal.SIGKILL)
+                except OSError:
+                    pass
         startup.remove_files()
         raise
-
-    def on_signal(signum: int, frame: Any) -> None:
-        threading.Thread(target=_on_term, args=(service, server), daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server.serve_forever()
+    return server
 
 
-__all__ = ["InfoReply", "TaskManager", "TaskServer", "serve"]
+def serve(startup: Startup) -> None:
+    """Serve the task until it is deleted (or its files are removed)."""
+    prepare(startup).serve_forever()
+
+
+__all__ = ["InfoReply", "TaskManager", "TaskServer", "prepare", "serve"]

@@ -205,6 +205,11 @@ class TaskService:
             check_timeout(timeout)
         return self.job.wait(timeout)
 
+    def forward_signal(self, sig: int) -> None:
+        """A signal sent to the supervisor by hand (``kill <task id>``): on to the job,
+        like tini does. Not exposed: clients call :meth:`kill`."""
+        self.job.kill(sig)
+
     def delete(self, timeout: float = 5.0) -> None:
         """Terminate the job (TERM+CONT, KILL after *timeout*), then end the supervisor.
 
