@@ -30,6 +30,9 @@ from bgtask.web import create_app  # noqa: E402
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
     pytest.mark.timeout(60),
+    # see tests/test_web_api.py: AsyncTask leaves a cancelled call's connection to the GC
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
     pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
                        reason="Debian's chromium and chromium-driver are not installed"),
 ]

@@ -116,6 +116,12 @@ class WebView:
     async def task_page(self, request: Request) -> Response:
         task = _jobs.async_task(self.pool, request.path_params["pid"])
         try:
+            return await self._task_page(request, task)
+        finally:
+            _jobs.disconnect(task)
+
+    async def _task_page(self, request: Request, task: Any) -> Response:
+        try:
             info = await task.info(fresh=True)
         except bgtask.BgTaskError as exc:
             return HTMLResponse(f"<!doctype html><title>bgtask</title><p>{_format.printable(type(exc).__name__)}"
@@ -143,6 +149,12 @@ class WebView:
     async def api_task(self, request: Request) -> Response:
         task = _jobs.async_task(self.pool, request.path_params["pid"])
         try:
+            return await self._api_task(request, task)
+        finally:
+            _jobs.disconnect(task)
+
+    async def _api_task(self, request: Request, task: Any) -> Response:
+        try:
             info = await task.info(fresh=True)
             usage = await _jobs.usage_of(task)
         except (bgtask.BgTaskError, ValueError) as exc:
@@ -153,8 +165,14 @@ class WebView:
     async def api_stream(self, request: Request) -> Response:
         """``?start=&end=`` (or ``?tail=N``): a window of stdout/stderr as text (``raw=1``:
         the bytes), or data messages as JSON lines; never more than 1 MiB at once."""
-        name = request.path_params["name"]
         task = _jobs.async_task(self.pool, request.path_params["pid"])
+        try:
+            return await self._api_stream(request, task)
+        finally:
+            _jobs.disconnect(task)
+
+    async def _api_stream(self, request: Request, task: Any) -> Response:
+        name = request.path_params["name"]
         try:
             start, end, tail = _int(request, "start"), _int(request, "end"), _int(request, "tail")
             if name in ("stdout", "stderr"):
@@ -198,6 +216,12 @@ class WebView:
 
     async def api_action(self, request: Request) -> Response:
         task = _jobs.async_task(self.pool, request.path_params["pid"])
+        try:
+            return await self._api_action(request, task)
+        finally:
+            _jobs.disconnect(task)
+
+    async def _api_action(self, request: Request, task: Any) -> Response:
         action = request.path_params["action"]
         if action not in ACTIONS:
             return SafeJSON({"error": f"no such action (one of {', '.join(ACTIONS)})"}, status_code=404)

@@ -89,6 +89,7 @@ class TaskFeed:
             for p in pumps:
                 p.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+            _jobs.disconnect(self.task)
 
     def _id(self) -> str:
         return ",".join(str(self.sent[k]) for k in CURSORS)
@@ -199,6 +200,8 @@ class ListWatcher:
                 infos.append(await task.info())
             except bgtask.BgTaskError:  # gone between the search and now
                 continue
+            finally:
+                _jobs.disconnect(task)
         return infos
 
     async def _poll(self) -> None:

@@ -27,20 +27,12 @@ MAX_MESSAGES = 200
 STATE_FILTERS = ("all", "running", "finished", "queued", "paused", "backoff", "failed")
 
 
-def async_pool(pool: Any) -> Any:
+def async_pool(pool: Any) -> bgtask.AsyncTaskPool:
     """An ``AsyncTaskPool`` for *pool*: an ``AsyncTaskPool`` itself, a ``TaskPool``, a
     path or URL, or None (the default pool)."""
-    cls = getattr(bgtask, "AsyncTaskPool", None)
-    if cls is None:  # an older bgtask without the asyncio API: calls in worker threads
-        from bgtask.web._threads import ThreadPool
-
-        cls = ThreadPool
-    if isinstance(pool, cls):
+    if isinstance(pool, bgtask.AsyncTaskPool):
         return pool
-    if isinstance(pool, bgtask.TaskPool):
-        # A remote pool's str() is its URL; a local one's path says the same.
-        pool = str(pool) if str(pool).startswith("ssh://") else pool.path
-    return cls(pool)
+    return bgtask.AsyncTaskPool(pool)
 
 
 def pool_label(given: Any, pool: Any) -> str:
@@ -54,13 +46,16 @@ def pool_label(given: Any, pool: Any) -> str:
     return _format.printable(str(bgtask.default_pool().path))
 
 
-def async_task(pool: Any, pid: int) -> Any:
-    cls = getattr(bgtask, "AsyncTask", None)
-    if cls is None:
-        from bgtask.web._threads import ThreadTask
+def async_task(pool: bgtask.AsyncTaskPool, pid: int) -> bgtask.AsyncTask:
+    return bgtask.AsyncTask(pid, pool)
 
-        cls = ThreadTask
-    return cls(pid, pool)
+
+def disconnect(task: Any) -> None:
+    """Close *task*'s connections to its supervisor: each request makes its own handle,
+    and a handle left open would hold a socket until the garbage collector finds it."""
+    close = getattr(task, "disconnect", None)
+    if close is not None:
+        close()
 
 
 # -- what a person reads ---------------------------------------------------------------------
@@ -135,7 +130,7 @@ async def usage_of(task: Any) -> dict[str, Any] | None:
         return None
     try:
         got = await task.usage()
-    except (bgtask.BgTaskError, OSError, ValueError, AttributeError):
+    except (bgtask.BgTaskError, OSError, ValueError, AttributeError, NotImplementedError):
         return None
     return got if isinstance(got, dict) else None
 
@@ -247,6 +242,6 @@ def message_items(items: list[Any], start: int) -> list[dict[str, Any]]:
     return [{"n": start + i, "text": _format.value_text(m)} for i, m in enumerate(items)]
 
 
-__all__ = ["MAX_MESSAGES", "MAX_WINDOW", "STATE_FILTERS", "TAIL_WINDOW", "async_pool", "async_task", "pool_label",
+__all__ = ["MAX_MESSAGES", "MAX_WINDOW", "STATE_FILTERS", "TAIL_WINDOW", "async_pool", "async_task", "disconnect", "pool_label",
            "complete_utf8", "cut_window", "matches", "message_items", "parse_meta_filter", "read_window",
            "row", "state_class", "summary", "usage_of"]
