@@ -179,6 +179,16 @@ class AioConnection:
         """
         if self.closed:
             raise map_fault(EOFError("the connection is closed"), self.pid, f"{method}()", False)
+        global _fast_streak
+        if _fast_streak >= FAST_STREAK:
+            # A call answered at once never yields: a loop of them would starve the
+            # event loop's other tasks. Now and then, yield -- before the request is
+            # sent, where a cancellation loses nothing (after the reply, it would lose
+            # the reply).
+            _fast_streak = 0
+            await asyncio.sleep(0)
+            if self.closed:
+                raise map_fault(EOFError("the connection is closed"), self.pid, f"{method}()", False)
         wire = self._wire
         waiter: asyncio.Future[bytes | None] = self._loop.create_future()
         wire.waiter = waiter
@@ -200,13 +210,7 @@ class AioConnection:
             wire.waiter = None
             msg = waiter.result()
             assert msg is not None
-            global _fast_streak
             _fast_streak += 1
-            if _fast_streak >= FAST_STREAK:
-                # A call answered at once never yields: a loop of them would starve
-                # the event loop's other tasks. Now and then, yield.
-                _fast_streak = 0
-                await asyncio.sleep(0)
             return self._result(msg, method)
         started = time.monotonic()
         deadline = None if blocks_for is None else started + blocks_for + ANSWER_GRACE
@@ -214,6 +218,7 @@ class AioConnection:
         try:
             msg = await waiter
         except asyncio.CancelledError:
+            _fast_streak = 0
             timer.cancel()
             reply = await self._cancelled(waiter, on_cancel)
             if reply is not None:
