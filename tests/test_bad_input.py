@@ -59,7 +59,9 @@ def shared() -> Iterator[Shared]:
 def still_serving(s: Shared) -> None:
     info = s.witness.info(fresh=True)
     assert info["status"]["running"] is True and info["meta"]["name"] == "victim"
-    files = sorted(n for n in os.listdir(s.pool.path) if not n.endswith(".lock"))
+    # Status records (<pid>.info) and the fork server's files (.tpl-*) are not a task's.
+    files = sorted(n for n in os.listdir(s.pool.path)
+                   if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
     assert files == sorted([f"{s.task.pid}.sock", f"{s.task.pid}.token"]), "a bad spawn left files"
 
 

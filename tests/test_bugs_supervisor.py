@@ -37,7 +37,8 @@ def _rss(pid: int) -> int:
 
 
 def _task_files(pool: bgtask.TaskPool) -> list[str]:
-    return sorted(n for n in os.listdir(pool.path) if not n.endswith(".lock"))
+    return sorted(n for n in os.listdir(pool.path)  # records (.info) and the fork server's (.tpl-*) aside
+                  if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
 
 
 # -- issue 11 #2: wait() racing another client's restart() ----------------------------------------

@@ -286,7 +286,7 @@ def test_task_files_are_private_even_under_umask_0(pool: bgtask.TaskPool, umask0
         assert stat.S_ISSOCK(os.lstat(pool.path / f"{task.pid}.sock").st_mode)
     finally:
         task.delete()
-    assert sorted(n for n in os.listdir(pool.path) if not n.endswith(".lock")) == []
+    assert sorted(n for n in os.listdir(pool.path) if not n.endswith(".lock") and not n.startswith(".tpl-")) == []
 
 
 def test_pool_equality_and_pickle(pool: bgtask.TaskPool) -> None:

@@ -267,9 +267,12 @@ def test_task_files_are_never_accessible_to_others(shared: str) -> None:
     finally:
         os.umask(old)
     try:
+        # The status record is written once the supervisor serves (spawn may return first).
+        wait_for(lambda: f"{task.pid}.info" in _files(shared), timeout=5)
         files = _files(shared)
-        assert set(files) == {f"{task.pid}.sock", f"{task.pid}.token", "lock-0-nightly.lock",
-                              ".bgtask-0.lock"}
+        # The status record (<pid>.info) is one of the task's files: 0600 like the rest.
+        assert set(files) == {f"{task.pid}.sock", f"{task.pid}.token", f"{task.pid}.info",
+                              "lock-0-nightly.lock", ".bgtask-0.lock"}
         for name, (_ino, uid, mode) in files.items():
             assert uid == 0, name
             assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))
@@ -318,7 +321,7 @@ def test_my_tasks_and_those_of_another_user_in_one_pool(shared: str) -> None:
         sock = _paths.sock_path(shared, theirs.pid)
         wait_for(lambda: _protocol.refuses(sock))
         before = {n: v for n, v in _files(shared).items() if n.startswith(f"{theirs.pid}.")}
-        assert len(before) == 2
+        assert len(before) == 3  # socket, token file and status record
         assert pool.search() == [mine]
         with pytest.raises(bgtask.AccessDeniedError):
             bgtask.Task(theirs.pid, pool).info()

@@ -18,7 +18,8 @@ import bgtask
 
 
 def task_files(pool: bgtask.TaskPool) -> list[str]:
-    return sorted(n for n in os.listdir(pool.path) if not n.endswith(".lock"))
+    return sorted(n for n in os.listdir(pool.path)  # records (.info) and the fork server's (.tpl-*) aside
+                  if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
 
 
 def open_fds() -> set[str]:

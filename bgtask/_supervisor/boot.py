@@ -86,6 +86,7 @@ class Startup:
 
     def make_files(self) -> None:
         import _socket
+        import fcntl
 
         pool, pid = self.pool, self.pid
         # Serialise with a sweeper that is removing a dead supervisor's files under this
@@ -106,6 +107,11 @@ class Startup:
             except OSError as exc:
                 # The pool was deleted, or is not writable: say so, not with a traceback.
                 raise StartError("pool", exc.errno, exc.strerror, pool) from None
+            # Held for our whole life (the kernel drops it when we die): readers of the
+            # status record believe it only while this lock is held.
+            fcntl.flock(self.token_fd, fcntl.LOCK_EX)
+            # A record left by a dead supervisor that had our pid is not ours.
+            _paths.remove_if_mine(_paths.record_path(pool, pid))
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             path = _paths.sock_path(pool, pid)
             old_umask = os.umask(0o177)  # the socket file is created 0600; single-threaded here
@@ -144,6 +150,7 @@ class Startup:
             self.sock.close()
             self.sock = None
         if self.token_fd >= 0:
+            _paths.remove_if_mine(_paths.record_path(self.pool, self.pid))
             _paths.remove_if_mine(_paths.token_path(self.pool, self.pid))
             os.close(self.token_fd)
             self.token_fd = -1
@@ -162,6 +169,13 @@ def main(pool: str) -> None:
     data = _read_all(0)
     if os.fork():
         os._exit(0)  # the intermediate: the spawner reaps it at once
+    run(pool, data)
+
+
+def run(pool: str, data: bytes) -> None:
+    """The supervisor from its spec (*data*, marshal) on; never returns. Reports go to
+    fd 1: the spawner's pipe, or -- in a child of the fork server (``template.py``) --
+    the spawner's connection."""
     _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
     # A caller that ignores SIGCHLD (servers do, to avoid zombies) passes that on through
     # exec: the kernel would then reap the job by itself, and the reaper's waitid() would
@@ -210,4 +224,4 @@ def main(pool: str) -> None:
         os._exit(0)
 
 
-__all__ = ["Startup", "main", "report"]
+__all__ = ["Startup", "main", "report", "run"]

@@ -56,11 +56,11 @@ def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1) ->
     """
     fds: list[int] = []
     try:
-        r0, w0 = os.pipe()
+        r0, w0 = small_pipe()
         fds += (r0, w0)
-        r1, w1 = os.pipe()
+        r1, w1 = small_pipe(OUTPUT_PIPE)
         fds += (r1, w1)
-        r2, w2 = os.pipe()
+        r2, w2 = small_pipe(OUTPUT_PIPE)
         fds += (r2, w2)
         try:
             os.chdir(cwd)
@@ -77,6 +77,27 @@ def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1) ->
     for fd in (r0, w1, w2):
         os.close(fd)
     return pid, w0, r1, r2
+
+
+#: the size of a new job's output pipes: 4 pages, so that one write of a few KiB
+#: still arrives in one piece (a read right after it sees all of it).
+OUTPUT_PIPE = 16384
+
+
+def small_pipe(size: int = 4096) -> tuple[int, int]:
+    """``os.pipe()`` of *size* bytes (stdin and the signal pipe: one page). Pipes count
+    against a per-user budget of pages (``pipe-user-pages-soft``, 16384) shared by every
+    task; at 16 pages a pipe, 340 idle tasks used it up and later jobs got pipes that
+    could not grow. 9 pages a task leave room for 1,800 idle tasks and for busy pipes.
+    The pump grows a busy output pipe (``io.py``)."""
+    import fcntl  # already imported by the boot (make_files): free here
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except OSError:
+        pass  # not Linux, or refused: a default pipe works too
+    return r, w
 
 
 def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int, lock_fd: int) -> int:
@@ -176,7 +197,7 @@ def catch_signals() -> int:
     USR2); returns the read end of the pipe their numbers arrive on (the server reads
     it). Done before the boot reports, so that a ``kill <task id>`` right after
     ``spawn()`` returned is forwarded, never the supervisor's death."""
-    r, w = os.pipe()  # both close-on-exec
+    r, w = small_pipe()  # both close-on-exec
     os.set_blocking(r, False)
     os.set_blocking(w, False)
     _signal.set_wakeup_fd(w, warn_on_full_buffer=False)

@@ -41,13 +41,16 @@ class ProcessLauncher:
         #: the pids of runs not reaped yet (changed under the lock): only these may be
         #: signalled by pid, never a pid the kernel may have handed to someone else.
         self.unreaped: set[int] = set()
+        #: called after each delivery of output (the server marks its status record)
+        self.on_output: Callable[[], None] = _nothing
 
     def adopt(self, fds: tuple[int, int, int, int]) -> Run:
         """The run the boot started: ``(job pid, stdin_w, stdout_r, stderr_r)``."""
         job_pid, stdin_w, stdout_r, stderr_r = fds
         self.unreaped.add(job_pid)
         out = dict(zip(OUTPUT_STREAMS, (stdout_r, stderr_r), strict=True))
-        return Run(job_pid, PipeIO(stdin_w, out, self.outputs, self.stdin))
+        return Run(job_pid, PipeIO(stdin_w, out, self.outputs, self.stdin,
+                                   on_output=lambda: self.on_output()))
 
     def launch(self) -> Run:
         startup = self.startup
@@ -71,6 +74,7 @@ class ProcessLauncher:
         threads.start(self._reap, "reaper", job, run)  # reserved at boot for the first run
 
     def ended(self, run: Run) -> None:
+        run.io.ended()
         _paths.write_job_record(self.startup.token_fd, None, None)
         self._release_lock()
 
@@ -161,6 +165,10 @@ class ProcessLauncher:
                 self.unreaped.discard(pid)
                 os.waitpid(pid, 0)  # reap under the lock: kill() never sees a freed pid
                 return
+
+
+def _nothing() -> None:
+    return None
 
 
 __all__ = ["ProcessLauncher"]

@@ -38,11 +38,11 @@ from multiprocessing import managers
 from multiprocessing import process as _mp_process
 
 from bgtask import _paths
-from bgtask._supervisor import threads
 from bgtask._supervisor.buffer import Chunks
 from bgtask._supervisor.errors import caller_error, is_caller_error, untag
 from bgtask._supervisor.job import DELETING, SERVING
 from bgtask._supervisor.launch import catch_signals
+from bgtask._supervisor.record import StatusRecord
 from bgtask._supervisor.service import TaskService
 from bgtask._wire.framing import Connection, encode_read_reply
 from bgtask._wire.handshake import HANDSHAKE_DEADLINE, ServerHandshake, hello_version
@@ -92,6 +92,12 @@ class _Listener:
     def __init__(self, sock: socket.socket, address: str) -> None:
         self._sock = sock
         self.address = address
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def set_nonblocking(self) -> None:
+        self._sock.setblocking(False)  # the main thread select()s on it
 
     def accept(self) -> Connection:
         s, _ = self._sock.accept()
@@ -159,6 +165,21 @@ class TaskServer(managers.Server):
         self.id_to_local_proxy_obj: dict[str, Any] = {}
         self.mutex = threading.Lock()
         self.stop_event = threading.Event()
+        startup = service.startup
+        self.record = StatusRecord(startup.pool, startup.pid, startup.token_fd, self._record_info)
+        self.waker = _Waker()
+        self.record.set_waker(self.waker.wake)
+
+    def _record_info(self) -> Any:
+        """The status record's content (lock held); None once we are going away."""
+        service = self.service
+        return service.build_info() if service.job.supervisor is SERVING else None
+
+    def flush_record(self) -> None:
+        """Write the status record if it is dirty and due (the main thread)."""
+        if self.record.due_in() == 0:
+            with self.service.lock:
+                self.record.write()
 
     # -- accepting -------------------------------------------------------------------------
 
@@ -175,13 +196,25 @@ class TaskServer(managers.Server):
         if startup.signal_fd < 0:
             startup.signal_fd = catch_signals()
         self.signal_fd = startup.signal_fd
-        threads.start(self.accepter, "accepter")
+        # Connections are accepted by the main thread (serve_forever): no accepter
+        # thread, since an idle supervisor should cost few (pid_max counts threads).
+        # Until the main thread polls, a client waits in the listen backlog.
+        self._pending = _Pending()
+        self.listener.set_nonblocking()
 
     def serve_forever(self) -> None:
-        """The main thread: forward signals, and check our files now and then."""
+        """The main thread: accept connections (each gets a thread), forward signals,
+        keep the status record current, and check our files now and then."""
         next_check = time.monotonic() + FILES_CHECK_INTERVAL
+        waker = self.waker
         while not self.stop_event.is_set():
             left = next_check - time.monotonic()
+            due = self.record.due_in()
+            if due is not None and due < left:
+                left = max(due, 0.0)
+                if due <= 0:
+                    self.flush_record()
+                    continue
             if left <= 0:
                 next_check = time.monotonic() + FILES_CHECK_INTERVAL
                 if self._unreachable(self.files):
@@ -191,7 +224,23 @@ class TaskServer(managers.Server):
                     # nobody can reach.
                     _on_term(self.service, self)
                 continue
-            ready, _, _ = select.select([self.signal_fd], [], [], left)
+            listen_fd = self.listener.fileno()  # -1 once delete() closed it
+            fds = [self.signal_fd, waker.fd] + ([listen_fd] if listen_fd >= 0 else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], left)
+            except (OSError, ValueError):
+                continue  # the listener was closed meanwhile (delete): look again
+            if waker.fd in ready:
+                waker.clear()
+                ready.remove(waker.fd)
+            if listen_fd in ready:
+                ready.remove(listen_fd)
+                if not self._pending.make_room():
+                    time.sleep(0.02)  # a burst: the next connections wait in the backlog
+                else:
+                    # Closed by delete(): its thread ends the process once its reply is
+                    # out; returning here would end it before (os._exit in the boot).
+                    self.accept_one()
             if ready:
                 try:
                     numbers = os.read(self.signal_fd, 256)
@@ -236,29 +285,26 @@ class TaskServer(managers.Server):
                 return True
         return False
 
-    def accepter(self) -> None:
-        self._pending = pending = _Pending()
-        while not self.stop_event.is_set():
-            if not pending.make_room():
-                time.sleep(0.02)  # a burst: the next connections wait in the backlog
-                continue
-            try:
-                c = self.listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    time.sleep(0.05)  # out of fds: let connections finish, do not spin
-                elif exc.errno in (errno.EBADF, errno.EINVAL):
-                    return  # the listener was closed: we are going away
-                continue
-            pending.add(c)
-            t = threading.Thread(target=self.handle_request, args=(c,), daemon=True)
-            try:
-                t.start()
-            except RuntimeError:
-                # No thread for it (RLIMIT_NPROC, memory): serve this one connection
-                # here. Slow for the others, who wait in the backlog (or time out as
-                # "unresponsive"), but the task still answers.
-                self.handle_request(c)
+    def accept_one(self) -> bool:
+        """Accept one connection and give it a thread; False if the listener is closed."""
+        try:
+            c = self.listener.accept()
+        except BlockingIOError:
+            return True  # gone between select() and accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(0.05)  # out of fds: let connections finish, do not spin
+            return exc.errno not in (errno.EBADF, errno.EINVAL)
+        self._pending.add(c)
+        t = threading.Thread(target=self.handle_request, args=(c,), daemon=True)
+        try:
+            t.start()
+        except RuntimeError:
+            # No thread for it (RLIMIT_NPROC, memory): serve this one connection
+            # here. Slow for the others, who wait in the backlog (or time out as
+            # "unresponsive"), but the task still answers.
+            self.handle_request(c)
+        return True
 
     def handle_request(self, conn: Any) -> None:
         try:
@@ -417,7 +463,14 @@ class TaskServer(managers.Server):
                 return _ENCODED, self.info_reply.get()  # cached while nothing changes
             method = getattr(self.service, methodname)
             try:
-                return "#RETURN", method(*args, **kwds)
+                result = method(*args, **kwds)
+                if methodname in _RECORD_NOW:
+                    # Before the reply: a search() right after apply_meta() finds it.
+                    with self.service.lock:
+                        self.record.write()
+                elif methodname not in _RECORD_SAME:
+                    self.record.touch()  # a read or a write moved a stream's offsets
+                return "#RETURN", result
             except TypeError as exc:
                 if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
                     # Raised by the call itself, not inside the method: the arguments do
@@ -455,6 +508,40 @@ class InfoReply:
             return data
 
 
+#: calls after which the status record is written before the reply.
+_RECORD_NOW = frozenset({"apply_meta"})
+#: calls that change nothing a record shows.
+_RECORD_SAME = frozenset({"info", "stream_info", "wait"})
+
+
+class _Waker:
+    """Wakes the main thread out of its ``select()``: an eventfd (a pipe where there is
+    none: pipes count against the per-user pipe budget every task shares)."""
+
+    def __init__(self) -> None:
+        eventfd = getattr(os, "eventfd", None)
+        if eventfd is not None:
+            self.fd = self._w = eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._token = (1).to_bytes(8, "little")
+        else:  # pragma: no cover - not Linux
+            self.fd, self._w = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._w, False)
+            self._token = b"x"
+
+    def wake(self) -> None:
+        try:
+            os.write(self._w, self._token)
+        except OSError:
+            pass  # wake-ups pending already: the main thread will look
+
+    def clear(self) -> None:
+        try:
+            os.read(self.fd, 4096)
+        except OSError:
+            pass
+
+
 def _method_of(request: Any) -> object:
     try:
         return request[1]
@@ -474,7 +561,7 @@ def prepare(startup: Startup) -> TaskServer:
     (see :meth:`TaskServer.start`). On failure the job is stopped and the files are
     removed: nobody could ever reach them.
 
-    :raises Exception: what went wrong.
+    :raises Exception: what went wrong (the boot reports it to the spawner).
     """
     try:
         service = TaskService(startup)
@@ -483,6 +570,13 @@ def prepare(startup: Startup) -> TaskServer:
         server = TaskServer(service, sock, _paths.sock_path(startup.pool, startup.pid),
                             _paths.authkey_from_token(startup.token))
         server.start()
+        record = server.record
+        # Phase and run changes are written at once, before waiters are woken (a search
+        # right after wait() sees the exit); output only marks the record dirty.
+        service.job.listeners.append(lambda _phase: record.write())
+        service.launcher.on_output = record.touch
+        with service.lock:
+            record.write()
     except BaseException:
         if startup.job is not None:
             job_pid = startup.job[0]

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-#: threads the supervisor needs to serve: reaper, stdout and stderr pumps, stdin feeder,
-#: accepter.
-SERVING_THREADS = 5
+#: threads the supervisor needs to serve: the reaper and the pump (both output pipes;
+#: ``io.py``). The main thread accepts connections, and the stdin feeder starts on the
+#: first write (most jobs never get stdin): a reserved thread nobody uses would idle
+#: for the task's whole life.
+SERVING_THREADS = 2
 
 # Each reserved thread waits on its own lock; its "box" receives (target, args).
 _reserved: list[tuple[Any, list[Any]]] = []
