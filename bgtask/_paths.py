@@ -13,7 +13,7 @@ A pool directory holds, per task (``<pid>`` is the supervisor's pid):
 
 and per user:
 
-* ``.template-<uid>-<key>.sock`` / ``.token`` / ``.lock`` -- the fork server that starts
+* ``.tpl-<uid>-<key>.sock`` / ``.token`` / ``.lock`` -- the fork server that starts
   supervisors (``_supervisor/template.py``): 0600, authenticated like a supervisor;
 * ``lock-<uid>-<name>.lock`` -- the locks of ``spawn(lock=...)`` (they may stay);
 * ``.bgtask-<uid>.lock`` -- serialises stale-file removal against a new supervisor that
@@ -64,7 +64,7 @@ def record_path(pool: str, pid: int) -> str:
 
 def template_path(pool: str, uid: int, key: str, suffix: str) -> str:
     """A file of the fork server of user *uid* whose start-up conditions hash to *key*."""
-    return f"{pool}/.template-{uid}-{key}{suffix}"
+    return f"{pool}/.tpl-{uid}-{key}{suffix}"
 
 
 def lock_path(pool: str, uid: int, name: str) -> str:

@@ -1,0 +1,157 @@
+"""Issue 12, "Thousands of tasks": every bar beside its baseline, in the same run.
+
+``BGTASK_BENCH_SCALE_N`` live ``sleep`` tasks (default 200, so the whole benchmark run
+stays a few minutes; 1000 and 4000 were run by hand for BENCHMARKS.rst). Measured:
+
+* ``python -I -S -c pass`` (the baseline of the spawn and empty-``ls`` bars);
+* ``spawn()`` median with a fresh interpreter, and with the fork server (``BGTASK_TEMPLATE=1``);
+* 100 spawns from one process, beside task-spooler enqueuing 100 jobs (if ``tsp`` is
+  installed);
+* ``search()`` at 100 and at N live tasks; ``bgtask ls`` (whole process) at N and on
+  an empty pool;
+* idle supervisor PSS (each task answered one call first), threads per supervisor;
+* RSS 5 s after 64 MiB of output was read.
+
+Results go to ``benchmarks/.scale-<N>.json`` and the terminal; nothing is asserted
+(timings are reported, not tested). Every task is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+from _common import HERE, PY
+
+import bgtask
+
+N = int(os.environ.get("BGTASK_BENCH_SCALE_N", "200"))
+#: the console script beside this interpreter (as a user runs it), else ``python -m``.
+_SCRIPT = os.path.join(os.path.dirname(PY), "bgtask")
+BGTASK_CLI = [_SCRIPT] if os.path.exists(_SCRIPT) else [PY, "-m", "bgtask"]
+
+
+def _median_ms(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def _bare() -> None:
+    subprocess.run([PY, "-I", "-S", "-c", "pass"], check=True)
+
+
+def _spawn_median(pool: bgtask.TaskPool, rounds: int, made: list[bgtask.Task]) -> float:
+    def one() -> None:
+        made.append(pool.spawn(["sleep", "3600"]))
+    one()  # the first may start the fork server: not what the median is about
+    return _median_ms(one, rounds)
+
+
+def _tsp_100(tmp: str) -> float | None:
+    tsp = shutil.which("tsp") or shutil.which("ts")
+    if tsp is None:
+        return None
+    env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"), TS_SLOTS="200", TS_MAXFINISHED="1000")
+    subprocess.run([tsp, "-S", "200"], env=env, capture_output=True)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        subprocess.run([tsp, "sleep", "3600"], env=env, capture_output=True, check=True)
+    took = time.perf_counter() - t0
+    subprocess.run([tsp, "-K"], env=env, capture_output=True)  # the server and its jobs
+    return took * 1000
+
+
+def _memory(pids: list[int]) -> dict[str, float]:
+    pss, threads = [], []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            pss.append(p.memory_full_info().pss / 1e6)
+            threads.append(p.num_threads())
+        except psutil.Error:
+            continue
+    return {"pss_median_mb": statistics.median(pss), "pss_max_mb": max(pss),
+            "threads_median": statistics.median(threads), "threads_max": max(threads)}
+
+
+def _burst_rss(pool: bgtask.TaskPool, n: int = 3) -> list[float]:
+    """RSS (MB) of supervisors 5 s after each read the 64 MiB its job wrote."""
+    tasks = [pool.spawn(["head", "-c", str(64 << 20), "/dev/zero"]) for _ in range(n)]
+    try:
+        for t in tasks:
+            out = t.stream("stdout")
+            got = 0
+            while got < 64 << 20:
+                got += len(out.read(timeout=5))
+        time.sleep(5)
+        return [psutil.Process(t.pid).memory_info().rss / 1e6 for t in tasks]
+    finally:
+        for t in tasks:
+            t.delete()
+
+
+@pytest.mark.benchmark(group="scale")
+def test_scale() -> None:
+    tmp = tempfile.mkdtemp(prefix="bgs", dir="/tmp")
+    pool = bgtask.TaskPool(os.path.join(tmp, "p"))
+    empty = os.path.join(tmp, "empty")
+    os.mkdir(empty)
+    made: list[bgtask.Task] = []
+    r: dict[str, Any] = {"n": N, "load_before": os.getloadavg()}
+    try:
+        r["bare_ms"] = _median_ms(_bare, 15)
+        r["ls_empty_ms"] = _median_ms(lambda: subprocess.run([*BGTASK_CLI, "--pool", empty, "ls"],
+                                                             check=True, capture_output=True), 15)
+        r["spawn_fresh_median_ms"] = _spawn_median(pool, 10, made)
+        os.environ["BGTASK_TEMPLATE"] = "1"  # the fork server (opt-in) from here on
+        r["spawn_median_ms"] = _spawn_median(pool, 20, made)
+        t0 = time.perf_counter()
+        for _ in range(100):
+            made.append(pool.spawn(["sleep", "3600"]))
+        r["spawn_100_ms"] = (time.perf_counter() - t0) * 1000
+        r["tsp_100_ms"] = _tsp_100(tmp)
+        while len(made) < 100:
+            made.append(pool.spawn(["sleep", "3600"]))
+        # search() over exactly 100 tasks: a pool of its own.
+        sub = bgtask.TaskPool(os.path.join(tmp, "q"))
+        sub_made = [sub.spawn(["sleep", "3600"]) for _ in range(100)]
+        r["search_100_ms"] = _median_ms(sub.search, 5)
+        for t in sub_made:
+            t.delete()
+        while len(made) < N:
+            made.append(pool.spawn(["sleep", "3600"]))
+        time.sleep(1.0)
+        r["search_n_ms"] = _median_ms(pool.search, 5)
+        r["ls_n_ms"] = _median_ms(lambda: subprocess.run([*BGTASK_CLI, "--pool", str(pool.path), "ls"],
+                                                         check=True, capture_output=True), 5)
+        for t in made:
+            t.info(fresh=True)  # each answered one call
+        time.sleep(1.0)
+        r.update(_memory([t.pid for t in made]))
+        r["burst_rss_mb"] = _burst_rss(pool)
+        r["load_after"] = os.getloadavg()
+    finally:
+        for t in made:
+            try:
+                t.delete(timeout=1.0)
+            except bgtask.BgTaskError:
+                pass
+        os.environ.pop("BGTASK_TEMPLATE", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(HERE, f".scale-{N}.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    print(json.dumps(r, indent=1), file=sys.stderr)

@@ -1,0 +1,141 @@
+"""The fork server (``_supervisor/template.py``): spawns work with it in use, killed
+mid-spawn, and absent; it is owner-only and authenticated; its children share nothing
+that matters with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+
+import pytest
+from helpers import wait_for
+from test_security import OTHER, run_json_as
+
+import bgtask
+from bgtask._client import template as _template
+
+
+@pytest.fixture(autouse=True)
+def _template_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGTASK_TEMPLATE", "1")  # opt-in (see _client/template.py)
+
+
+def _template_files(pool: bgtask.TaskPool) -> dict[str, os.stat_result]:
+    return {n: os.lstat(os.path.join(pool.path, n)) for n in os.listdir(pool.path) if n.startswith(".tpl-")}
+
+
+def _template_pid(pool: bgtask.TaskPool) -> int:
+    sock = next(n for n in _template_files(pool) if n.endswith(".sock"))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(os.path.join(pool.path, sock))
+        return int(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _works(task: bgtask.Task) -> None:
+    assert task.wait(timeout=10) == 0
+    assert task.stream("stdout").read() == b"hi\n"
+
+
+def test_spawns_go_through_the_template_which_is_private(pool: bgtask.TaskPool, spawn) -> None:
+    a = spawn(["sh", "-c", "echo hi"])
+    b = spawn(["sh", "-c", "echo hi"])
+    files = _template_files(pool)
+    assert {n.rsplit(".", 1)[1] for n in files} == {"sock", "token", "lock"}
+    for st in files.values():
+        assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o600
+    tpl = _template_pid(pool)
+    for task in (a, b):
+        _works(task)
+        # A supervisor of its own session, not the template's child, with its own token.
+        assert os.getsid(task.pid) == task.pid or os.getsid(task.pid) != os.getsid(tpl)
+    tokens = {_read(os.path.join(pool.path, f"{t.pid}.token"))[:90] for t in (a, b)}
+    assert len(tokens) == 2
+
+
+def test_the_template_exits_when_idle_and_the_next_spawn_starts_one(pool: bgtask.TaskPool, spawn) -> None:
+    task = spawn(["sh", "-c", "echo hi"])
+    _works(task)
+    tpl = _template_pid(pool)
+    task.delete()
+    wait_for(lambda: _read(f"/proc/{tpl}/stat").split()[2:3] in ([], [b"Z"]), timeout=10)
+    _works(spawn(["sh", "-c", "echo hi"]))
+
+
+def test_a_template_killed_mid_spawn_costs_nothing(pool: bgtask.TaskPool, spawn) -> None:
+    _works(spawn(["sh", "-c", "echo hi"]))
+    tpl = _template_pid(pool)
+    os.kill(tpl, signal.SIGSTOP)  # the next spawn connects and waits for its greeting...
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(spawn(["sh", "-c", "echo hi"])))
+    t.start()
+    time.sleep(0.5)
+    os.kill(tpl, signal.SIGKILL)  # ...and then the template dies under it
+    t.join(30)
+    assert len(result) == 1 and isinstance(result[0], bgtask.Task)
+    _works(result[0])
+    _works(spawn(["sh", "-c", "echo hi"]))  # and spawns go on (a new template, or fresh)
+
+
+def test_spawn_without_the_template(pool: bgtask.TaskPool, spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGTASK_TEMPLATE", "0")
+    _works(spawn(["sh", "-c", "echo hi"]))
+    assert _template_files(pool) == {}
+
+
+def test_a_wrong_token_is_refused(pool: bgtask.TaskPool, spawn) -> None:
+    _works(spawn(["sh", "-c", "echo hi"]))
+    sock = next(n for n in _template_files(pool) if n.endswith(".sock"))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(os.path.join(pool.path, sock))
+        s.recv(100)
+        s.sendall(b"\0" * 40 + b"x" * 10)
+        try:
+            assert s.recv(100) == b""  # hung up on, nothing forked
+        except ConnectionResetError:
+            pass  # hung up on with our bytes unread: the same
+    _works(spawn(["sh", "-c", "echo hi"]))
+
+
+def test_another_user_cannot_reach_the_template(pool: bgtask.TaskPool, spawn) -> None:
+    _works(spawn(["sh", "-c", "echo hi"]))
+    os.chmod(pool.path, 0o755)  # as if shared: only the files' own modes protect them
+    sock = next(os.path.join(pool.path, n) for n in _template_files(pool) if n.endswith(".sock"))
+    token = sock[: -len(".sock")] + ".token"
+    res = run_json_as(OTHER, """
+import socket
+for what, fn in (("connect", lambda: socket.socket(socket.AF_UNIX).connect(argv[0])),
+                 ("token", lambda: open(argv[1], "rb").read())):
+    try:
+        fn()
+        res[what] = "allowed"
+    except OSError as exc:
+        res[what] = type(exc).__name__
+""", sock, token)
+    assert res == {"connect": "PermissionError", "token": "PermissionError"}
+
+
+def test_conditions_key_changes_with_what_a_job_inherits() -> None:
+    import resource
+
+    key = _template.conditions_key("/x/python", "/x/bgtask")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(64, soft // 2), hard))
+    try:
+        assert _template.conditions_key("/x/python", "/x/bgtask") != key
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _template.conditions_key("/x/python", "/x/bgtask") == key
