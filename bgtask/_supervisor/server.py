@@ -575,6 +575,15 @@ def prepare(startup: Startup) -> TaskServer:
         # right after wait() sees the exit); output only marks the record dirty.
         service.job.listeners.append(lambda _phase: record.write())
         service.launcher.on_output = record.touch
+        # "Output collected" (a pipe's EOF, a full buffer) is what wait() waits for:
+        # written before those waiters wake, like a phase change.
+        collected = service.outputs.on_collect
+
+        def on_collect() -> None:
+            record.write()
+            collected()
+
+        service.outputs.on_collect = on_collect
         with service.lock:
             record.write()
     except BaseException:
