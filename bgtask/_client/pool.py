@@ -174,6 +174,7 @@ class TaskPool:
         on_full: str = "block",
         shell: bool = False,
         lock: str | None = None,
+        **operations: Any,
     ) -> Task:
         """Start *argv* under a new supervisor in this pool; see the contract in the README.
 
@@ -186,11 +187,15 @@ class TaskPool:
         :raises SpawnError: the job could not be started (no such program, not
             executable, bad cwd); nothing is left behind.
         :raises TaskLockedError: the lock is held by another task.
+
+        The operations options (``timeout``, ``grace``, ``restart``, ``restart_delay``,
+        ``max_restarts``, ``on_exit``, ``slot``, ``limits``; see the README's
+        "Operations") are keyword-only too; an unknown keyword is a ``TypeError``.
         """
         from bgtask._client.task import Task
 
         spec = build_spec(self._backend, argv, env=env, cwd=cwd, meta=meta, retain_output=retain_output,
-                          max_buffer=max_buffer, on_full=on_full, shell=shell, lock=lock)
+                          max_buffer=max_buffer, on_full=on_full, shell=shell, lock=lock, **operations)
         return Task(self._backend.spawn(spec), self)
 
     # -- search ------------------------------------------------------------------------------

@@ -150,9 +150,118 @@ def _check_meta(meta: Any) -> dict[str, bytes]:
     return _codec.encode_meta({} if meta is None else dict(meta) if isinstance(meta, Mapping) else meta)
 
 
+# -- the operations options (API.md, "Operations") ------------------------------------------
+
+#: ``spawn(restart=)``'s policies.
+RESTART_POLICIES = ("never", "on-failure", "always")
+#: ``spawn(limits=)``'s names (``_supervisor.limits.LIMIT_NAMES`` maps them to RLIMIT_*).
+LIMIT_NAMES = ("cpu", "memory", "nofile", "nproc", "fsize", "core")
+#: the largest rlimit value (RLIM_INFINITY - 1 on Linux: an unsigned 64-bit number)
+_MAX_LIMIT = (1 << 63) - 1
+
+
+def _check_seconds(name: str, value: Any, *, none_ok: bool, positive: bool = False) -> float | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value}")
+    return value
+
+
+def _check_on_exit(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError("on_exit must be a list of str (an argv), not "
+                        f"{type(value).__name__}")
+    hook = list(value)
+    if not hook:
+        raise ValueError("on_exit must not be empty")
+    for a in hook:
+        if not isinstance(a, str):
+            raise TypeError(f"on_exit must be a list of str, found {type(a).__name__} {a!r}")
+        _no_nul("on_exit", a)
+    if hook[0] == "":
+        raise ValueError("on_exit[0] (the program) must not be an empty string")
+    return hook
+
+
+def _check_slot(value: Any) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError("slot must be a (name, n) pair")
+    name, n = value
+    if not isinstance(name, str):
+        raise TypeError(f"the slot's name must be a str, not {type(name).__name__}")
+    if not _LOCK_NAME.match(name):
+        raise ValueError(f"bad slot name {name!r}: use letters, digits and _.@+- (at most 100)")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"the slot's n must be an int, not {type(n).__name__}")
+    if not 1 <= n <= 4096:
+        raise ValueError(f"the slot's n must be between 1 and 4096, not {n}")
+    return (name, n)
+
+
+def _check_limits(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"limits must be a dict, not {type(value).__name__}")
+    limits: dict[str, int] = {}
+    for k, v in value.items():
+        if k not in LIMIT_NAMES:
+            raise ValueError(f"unknown limit {k!r}: expected one of {', '.join(LIMIT_NAMES)}")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"limit {k!r} must be an int, not {type(v).__name__}")
+        if not 0 <= v <= _MAX_LIMIT:
+            raise ValueError(f"limit {k!r} must be between 0 and {_MAX_LIMIT}, not {v}")
+        limits[k] = v
+    return limits or None
+
+
+def _check_operations(spec: JobSpec, timeout: Any, grace: Any, restart: Any, restart_delay: Any,
+                      max_restarts: Any, on_exit: Any, slot: Any, limits: Any) -> None:
+    """The operations options into *spec*; only those that differ from the default
+    travel (a supervisor reads a missing one as its default)."""
+    t = _check_seconds("timeout", timeout, none_ok=True, positive=True)
+    g = _check_seconds("grace", grace, none_ok=False)
+    if restart not in RESTART_POLICIES:
+        raise ValueError(f"restart must be one of {', '.join(map(repr, RESTART_POLICIES))}, "
+                         f"not {restart!r}")
+    d = _check_seconds("restart_delay", restart_delay, none_ok=False)
+    if max_restarts is not None:
+        _check_size("max_restarts", max_restarts, 0)
+    hook, sl, lim = _check_on_exit(on_exit), _check_slot(slot), _check_limits(limits)
+    if t is not None:
+        spec["timeout"] = t
+    if g != 5.0:
+        spec["grace"] = g  # type: ignore[typeddict-item]
+    if restart != "never":
+        spec["restart"] = restart
+    if d != 1.0:
+        spec["restart_delay"] = d  # type: ignore[typeddict-item]
+    if max_restarts is not None:
+        spec["max_restarts"] = max_restarts
+    if hook is not None:
+        spec["on_exit"] = hook
+    if sl is not None:
+        spec["slot"] = sl
+    if lim is not None:
+        spec["limits"] = lim
+
+
 def build_spec(backend: PoolBackend, argv: Any, *, env: Any = None, cwd: Any = None, meta: Any = None,
                retain_output: Any = DEFAULT_RETAIN_OUTPUT, max_buffer: Any = DEFAULT_MAX_BUFFER,
-               on_full: Any = "block", shell: Any = False, lock: Any = None) -> JobSpec:
+               on_full: Any = "block", shell: Any = False, lock: Any = None, timeout: Any = None,
+               grace: Any = 5.0, restart: Any = "never", restart_delay: Any = 1.0,
+               max_restarts: Any = None, on_exit: Any = None, slot: Any = None,
+               limits: Any = None) -> JobSpec:
     """Check ``spawn()``'s options and build the spec a supervisor of *backend* runs.
 
     :raises TypeError: an option of the wrong type, or a meta value dill cannot serialize.
@@ -167,6 +276,7 @@ def build_spec(backend: PoolBackend, argv: Any, *, env: Any = None, cwd: Any = N
     spec["max_buffer"] = _check_size("max_buffer", max_buffer, 1)
     spec["drop"] = _check_on_full(on_full)
     spec["lock"] = _check_lock(lock)
+    _check_operations(spec, timeout, grace, restart, restart_delay, max_restarts, on_exit, slot, limits)
     spec["meta"] = _check_meta(meta)
     spec["env"] = backend.job_env(updates)
     return spec
@@ -296,5 +406,5 @@ def _readable(fd: int, timeout: float) -> bool:
     return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
 
 
-__all__ = ["DEFAULT_MAX_BUFFER", "DEFAULT_RETAIN_OUTPUT", "SPAWN_TIMEOUT", "build_spec",
-           "start_supervisor"]
+__all__ = ["DEFAULT_MAX_BUFFER", "DEFAULT_RETAIN_OUTPUT", "LIMIT_NAMES", "RESTART_POLICIES",
+           "SPAWN_TIMEOUT", "build_spec", "start_supervisor"]

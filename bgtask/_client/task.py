@@ -254,6 +254,13 @@ class Task:
         # COLLECT_GRACE (1 s) for the output after the exit is included in the answer wait
         return self._call("wait", timeout, blocks_for=_req.wait_blocks(timeout))
 
+    def usage(self) -> dict[str, Any]:
+        """CPU and memory of the job's whole process tree: ``cpu_user`` and
+        ``cpu_system`` (seconds, children that exited included), ``rss`` (bytes now),
+        ``max_rss`` (the peak seen) and ``processes``; after the run ended, its final
+        figures (``rss`` and ``processes`` 0)."""
+        return dict(self._call("usage"))
+
     def stop(self, timeout: float | None = None) -> int | None:
         """Stop the job and wait for it: TERM (and CONT, so that a paused job sees it),
         KILL after *timeout* seconds. The supervisor and the output stay (unlike

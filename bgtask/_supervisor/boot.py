@@ -80,6 +80,9 @@ class Startup:
         self.token = b""
         self.sock: Any = None
         self.lock_fd = -1
+        #: the fd holding the ``spawn(slot=)`` slot of the running job (``slots.py``)
+        self.slot_fd = -1
+        #: None after start(): queued, waiting for a slot (the service starts it later)
         self.job: tuple[int, int, int, int] | None = None
         #: where the numbers of the signals to forward to the job arrive (catch_signals)
         self.signal_fd = -1
@@ -141,7 +144,13 @@ class Startup:
         self.make_files()
         if cfg["lock"]:
             self.lock_fd = take_lock(self.pool, cfg["lock"])
-        self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"], self.lock_fd)
+        if cfg.get("slot"):
+            from bgtask._supervisor import slots
+
+            if not slots.hold(self):
+                return  # queued: the service starts the job when a slot frees
+        self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"], self.lock_fd, (self.slot_fd,),
+                          cfg.get("limits"))
         _paths.write_job_record(self.token_fd, self.job[0], _process.proc_start_time(self.job[0]))
 
     def remove_files(self) -> None:
@@ -201,12 +210,13 @@ def run(pool: str, data: bytes) -> None:
 
         report(("error", "internal", 0, traceback.format_exc(), None))
         os._exit(1)
-    assert startup.job is not None
-    if not report(("ok", startup.pid, startup.job[0])):
+    job_pid = startup.job[0] if startup.job is not None else None  # None: queued
+    if not report(("ok", startup.pid, job_pid)):
         # The spawner gave up and raised SpawnError: that leaves nothing behind, ever.
         for kill in (os.killpg, os.kill):
             try:
-                kill(startup.job[0], 9)
+                if job_pid is not None:
+                    kill(job_pid, 9)
             except OSError:
                 pass
         startup.remove_files()

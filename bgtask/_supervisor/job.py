@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from bgtask._supervisor.io import RunIO
     from bgtask._supervisor.lock import StateLock
+    from bgtask._supervisor.policy import Operations
 
     class Launcher(Protocol):
         """How a :class:`Job` touches processes (``runner.ProcessLauncher``; fakes in tests)."""
@@ -131,11 +132,13 @@ _SUPERVISOR_ORDER = (SERVING, DELETING, EXITING)
 class Run:
     """One execution of the job: its pid (the job's process group) and its I/O."""
 
-    __slots__ = ("io", "job_pid")
+    __slots__ = ("io", "job_pid", "rusage")
 
     def __init__(self, job_pid: int, io: RunIO) -> None:
         self.job_pid = job_pid
         self.io = io
+        #: ``os.wait4``'s resource usage once reaped (``usage.py``'s final figures)
+        self.rusage: object = None
 
 
 class _NoPipes:
@@ -188,6 +191,12 @@ class Job:
         self.deadlines: dict[str, float] = {}
         #: called with the new phase on every change (lock held): the streams' eof.
         self.listeners: list[Callable[[JobState], None]] = []
+        #: timeouts, restart policy, slots, hooks (``policy.py``); None in unit tests
+        self.ops: Operations | None = None
+        #: the current (or last) run was stopped by its ``timeout``
+        self.timed_out = False
+        #: why an automatic or queued start failed (the task then exited)
+        self.start_error: str | None = None
 
     # -- the state machine -----------------------------------------------------------------
 
@@ -241,6 +250,8 @@ class Job:
         self.deadlines.pop("collect", None)
         self._set_phase(RUNNING)
         self.launcher.watch(self, run)
+        if self.ops is not None:
+            self.ops.begun()
 
     def run_stopped(self, run: Run) -> None:
         """The reaper saw *run* stop (lock held)."""
@@ -260,7 +271,8 @@ class Job:
         self.ended_mono = time.monotonic()
         self.run = None
         self.last_run = run
-        self._set_phase(EXITED)
+        # The policy says whether an automatic restart is due (BACKOFF), and runs the hook.
+        self._set_phase(self.ops.after_exit() if self.ops is not None else EXITED)
         if self.supervisor is not SERVING:
             # The supervisor is going away: take the job's stragglers along while the
             # zombie leader still pins the process group id.
@@ -273,6 +285,12 @@ class Job:
     def kill(self, sig: int) -> bool:
         """Send *sig* to the running job's group; False if no run is signallable."""
         with self.lock:
+            if self.ops is not None:
+                # A queued or backing-off task is cancelled by a deadly signal; a run
+                # ended by a client's signal is not restarted automatically.
+                answer = self.ops.client_kill(sig)
+                if answer is not None:
+                    return answer
             run = self.run
             if run is None or self.phase not in SIGNALLABLE:
                 return False
@@ -290,16 +308,34 @@ class Job:
         :raises SpawnError: it could not start (lock held, bad cwd...).
         """
         with self.lock:
-            if self.phase is not EXITED or self.supervisor is not SERVING:
+            if self.phase not in (EXITED, BACKOFF) or self.supervisor is not SERVING:
                 return False
-            if self.last_run is not None:
-                # What the last run left in a pipe held back by a full buffer comes
-                # before the new run's output, not interleaved with it.
-                self.last_run.io.drain()
-            run = self.launcher.launch()
-            self.restarts += 1
-            self._begin(run)
+            self.start_again()
             return True
+
+    def start_again(self, automatic: bool = False) -> None:
+        """A new run after the last one: restart(), or the policy's automatic restart
+        (lock held; a pending automatic restart is superseded).
+
+        :raises SpawnError: it could not start; ``TaskLockedError``: lock or slot taken.
+        """
+        if self.last_run is not None:
+            # What the last run left in a pipe held back by a full buffer comes
+            # before the new run's output, not interleaved with it.
+            self.last_run.io.drain()
+        run = self.launcher.launch()
+        self.deadlines.pop("restart", None)
+        self.restarts += 1
+        self._begin(run)
+
+    def start_queued(self) -> None:
+        """The first run of a task that waited for a slot (lock held).
+
+        :raises TaskLockedError: every slot is still taken.
+        """
+        run = self.launcher.launch()
+        self.deadlines.pop("slot", None)
+        self._begin(run)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The returncode once exited and collected; None if *timeout* passed first.
@@ -333,7 +369,12 @@ class Job:
             for kind in list(self.deadlines):
                 if kind != "collect":
                     del self.deadlines[kind]  # no restart, no timeout: we are going away
+            if self.ops is not None:
+                self.ops.cancel_pending()  # a queued start or pending restart never happens
+                self.ops.stop_hooks()
             run = self.run if self.phase in SIGNALLABLE else None
+            if run is not None and self.phase is not STOPPING:
+                self._set_phase(STOPPING)
             last = self.last_run
             stragglers = run is None and last is not None and self.pipes.pipes_open()
         if run is not None:
@@ -365,7 +406,11 @@ class Job:
         for kind, at in sorted(self.deadlines.items(), key=lambda item: item[1]):
             if at <= now and self.deadlines.get(kind) == at:
                 del self.deadlines[kind]
-                getattr(self, "_due_" + kind)(now)
+                due = getattr(self, "_due_" + kind, None)
+                if due is not None:
+                    due(now)
+                elif self.ops is not None:
+                    self.ops.due(kind, now)  # the operations' deadlines (policy.py)
 
     def _due_collect(self, now: float) -> None:
         # COLLECT_GRACE after an exit: whoever waits for the output stops waiting for

@@ -42,7 +42,8 @@ def resolve_program(argv0: str, env: dict[str, str]) -> list[str]:
     return [os.path.join(d or ".", argv0) for d in path.split(os.pathsep)]
 
 
-def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1) -> tuple[int, int, int, int]:
+def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1,
+           keep: tuple[int, ...] = (), limits: dict[str, int] | None = None) -> tuple[int, int, int, int]:
     """Start the job; returns ``(pid, stdin_w, stdout_r, stderr_r)``.
 
     The job gets its own process group (so signals reach its children too), pipes on
@@ -51,6 +52,9 @@ def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1) ->
     number. A ``flock`` belongs to the open file description, so the job (and whatever
     it leaves running) keeps the lock held when the supervisor dies (SIGKILL, OOM):
     otherwise the next ``spawn(lock=...)`` would succeed beside the orphaned job.
+
+    The fds in *keep* (a ``spawn(slot=)`` slot) are inherited the same way. A run with
+    ``spawn(limits=)`` is forked instead (``limits.fork_exec``: rlimits need a child).
 
     :raises StartError: with the real reason (bad cwd, no such program, not executable).
     """
@@ -67,7 +71,12 @@ def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1) ->
         except OSError as exc:
             raise StartError("cwd", exc.errno, exc.strerror, cwd) from None
         try:
-            pid = _spawn_path(argv, env, r0, w1, w2, lock_fd)
+            if limits:
+                from bgtask._supervisor.limits import fork_exec
+
+                pid = fork_exec(argv, env, r0, w1, w2, (lock_fd, *keep), limits)
+            else:
+                pid = _spawn_path(argv, env, r0, w1, w2, lock_fd, keep)
         finally:
             os.chdir("/")  # do not keep the job's directory busy
     except BaseException:
@@ -100,7 +109,8 @@ def small_pipe(size: int = 4096) -> tuple[int, int]:
     return r, w
 
 
-def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int, lock_fd: int) -> int:
+def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int, lock_fd: int,
+                keep: tuple[int, ...] = ()) -> int:
     actions = [
         (os.POSIX_SPAWN_DUP2, r0, 0),
         (os.POSIX_SPAWN_DUP2, w1, 1),
@@ -109,6 +119,7 @@ def _spawn_path(argv: list[str], env: dict[str, str], r0: int, w1: int, w2: int,
     if lock_fd > 2:
         # dup2 onto itself clears close-on-exec in posix_spawn (POSIX 2024; glibc >= 2.29).
         actions.append((os.POSIX_SPAWN_DUP2, lock_fd, lock_fd))
+    actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep if fd > 2]
     first_error: OSError | None = None
     for path in resolve_program(argv[0], env):
         try:

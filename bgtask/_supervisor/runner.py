@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from bgtask import _paths, _process
-from bgtask._supervisor import threads
+from bgtask._supervisor import slots, threads
 from bgtask._supervisor.errors import caller_error
 from bgtask._supervisor.io import PipeIO
 from bgtask._supervisor.job import Run
@@ -55,14 +55,18 @@ class ProcessLauncher:
     def launch(self) -> Run:
         startup = self.startup
         spec = startup.config
-        if spec["lock"]:
-            try:
+        try:
+            if spec["lock"]:
                 startup.lock_fd = take_lock(startup.pool, spec["lock"])
-            except StartError as exc:
-                raise start_error_to_exception(exc.args) from None
+            if not slots.hold(startup):
+                raise StartError("locked", 11, "every slot is taken", spec["slot"][0])  # type: ignore[index]
+        except StartError as exc:
+            self._release_lock()
+            raise start_error_to_exception(exc.args) from None
         try:
             # The job inherits the lock's fd: it stays held if we die (see launch.launch).
-            fds = launch(spec["argv"], spec["env"], spec["cwd"], startup.lock_fd)
+            fds = launch(spec["argv"], spec["env"], spec["cwd"], startup.lock_fd,
+                         (startup.slot_fd,), spec.get("limits"))
         except StartError as exc:
             self._release_lock()
             raise start_error_to_exception(exc.args) from None
@@ -122,10 +126,13 @@ class ProcessLauncher:
         return True
 
     def _release_lock(self) -> None:
-        # Closing the fd releases the spawn(lock=...) lock.
+        # Closing the fd releases the spawn(lock=...) lock, and the spawn(slot=) slot.
         if self.startup.lock_fd >= 0:
             os.close(self.startup.lock_fd)
             self.startup.lock_fd = -1
+        if self.startup.slot_fd >= 0:
+            os.close(self.startup.slot_fd)
+            self.startup.slot_fd = -1
 
     def _reap(self, job: Job, run: Run) -> None:
         """The reaper thread of *run*: report its stops, continues and exit to *job*."""
@@ -163,7 +170,9 @@ class ProcessLauncher:
                 else:
                     job.run_exited(run, None, status.si_status)
                 self.unreaped.discard(pid)
-                os.waitpid(pid, 0)  # reap under the lock: kill() never sees a freed pid
+                # Reap under the lock: kill() never sees a freed pid. wait4's rusage is
+                # the run's final usage, its waited-for descendants included.
+                run.rusage = os.wait4(pid, 0)[2]
                 return
 
 

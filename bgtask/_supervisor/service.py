@@ -25,8 +25,10 @@ from bgtask._supervisor.errors import CALLER_CHECKS
 from bgtask._supervisor.job import EXITED, EXITING, PAUSED, Clock, Job
 from bgtask._supervisor.lock import StateLock
 from bgtask._supervisor.outputs import MAX_REPLY, Outputs
+from bgtask._supervisor.policy import SLOT_POLL, Operations
 from bgtask._supervisor.runner import ProcessLauncher
 from bgtask._supervisor.stdin import StdinQueue
+from bgtask._supervisor.usage import UsageMeter, limit_hint
 from bgtask._wire.checks import check_timeout
 from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS, STREAMS
 
@@ -34,7 +36,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from bgtask._supervisor.boot import Startup
     from bgtask._supervisor.outputs import ReadReply
-    from bgtask._wire.schema import StreamInfo, TaskInfo
+    from bgtask._wire.schema import Status, StreamInfo, TaskInfo
 
 
 class TaskService:
@@ -53,12 +55,17 @@ class TaskService:
         self.launcher = ProcessLauncher(startup, self.outputs, self.stdin)
         self.job = job = Job(self.lock, self.launcher, self.outputs)
         self.clock = Clock(job)
+        self.usage_meter = UsageMeter()
         job.wake_clock = self.clock.wake
         job.listeners += [self.outputs.phase_changed, self.stdin.phase_changed]
         self.outputs.on_collect = job.changed.notify_all
-        assert startup.job is not None
+        job.ops = Operations(job, spec, startup.pool, self.pid)
         with self.lock:
-            job.start(self.launcher.adopt(startup.job))
+            if startup.job is not None:
+                job.start(self.launcher.adopt(startup.job))
+            else:
+                # Queued: every slot was taken at boot; the clock tries them again.
+                job.set_deadline("slot", time.monotonic() + SLOT_POLL)
 
     # -- information ---------------------------------------------------------------------------
 
@@ -71,6 +78,16 @@ class TaskService:
         """The info dict (lock held): the one translation to the public names."""
         job, spec = self.job, self.startup.config
         phase = job.phase
+        status: Status = {"running": phase is not EXITED, "paused": phase is PAUSED,
+                          "exit_code": job.exit_code, "signal": job.signal,
+                          "returncode": job.returncode}
+        # Only for tasks that have them, so that the status of a plain task stays the
+        # five keys it always had.
+        if spec.get("timeout") is not None:
+            status["timed_out"] = job.timed_out
+        if spec.get("limits"):
+            status["limit"] = limit_hint(job.signal, spec.get("limits"),
+                                         job.last_run.rusage if job.last_run is not None else None)
         streams: dict[str, StreamInfo] = {"stdin": self.stdin.info()}
         for name in OUTPUT_STREAMS + MESSAGE_STREAMS:
             streams[name] = self.outputs.info(name)
@@ -89,15 +106,27 @@ class TaskService:
             "ended_at": job.ended_at,
             "restarts": job.restarts,
             "state": phase.value,
-            "status": {
-                "running": phase is not EXITED,
-                "paused": phase is PAUSED,
-                "exit_code": job.exit_code,
-                "signal": job.signal,
-                "returncode": job.returncode,
-            },
+            "status": status,
             "streams": streams,
+            "slot": list(spec["slot"]) if spec.get("slot") else None,
+            "limits": spec.get("limits"),
+            "start_error": job.start_error,
+            **job.ops.info(),  # type: ignore[union-attr, typeddict-item]
         }
+
+    def usage(self) -> dict[str, float | int]:
+        """CPU and memory of the job's whole process tree (``usage.py``); after the
+        run ended, its final figures."""
+        with self.lock:
+            run = self.job.run
+            if run is not None:
+                pid = run.job_pid
+            else:
+                last = self.job.last_run
+                return self.usage_meter.final(last.rusage if last is not None else None)
+        # Read /proc without the lock: the job may exit meanwhile (figures of a gone
+        # process are simply missing; the next call gives the final ones).
+        return self.usage_meter.sample(pid)
 
     def apply_meta(self, blobs: dict[str, bytes]) -> dict[str, bytes]:
         """``meta.update(blobs)`` (values are dill blobs); returns the new meta."""

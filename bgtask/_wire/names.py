@@ -21,6 +21,7 @@ EXPOSED = (
     "stream_putback",
     "stream_read",
     "stream_write",
+    "usage",
     "wait",
 )
 #: a task's streams by their names on the wire (``task.stream(0)`` .. ``(2)`` are the first three).

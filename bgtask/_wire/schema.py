@@ -61,6 +61,8 @@ class Status(TypedDict, total=False):
     signal: int | None
     returncode: int | None
     timed_out: bool
+    #: the ``spawn(limits=)`` name that ended the run, when the signal tells ("cpu", "fsize")
+    limit: str | None
 
 
 class TaskInfo(TypedDict, total=False):
@@ -83,6 +85,21 @@ class TaskInfo(TypedDict, total=False):
     status: Status
     streams: dict[str, StreamInfo]
     protocol: int
+    # -- operations (API.md, "Operations") --
+    grace: float
+    timeout: float | None
+    restart: str
+    restart_delay: float
+    max_restarts: int | None
+    #: automatic restarts so far (``restarts`` counts them and restart()'s)
+    auto_restarts: int
+    #: epoch time of the pending automatic restart (state "backoff"), else None
+    next_restart_at: float | None
+    on_exit: list[str] | None
+    slot: list[Any] | None
+    limits: dict[str, int] | None
+    #: why a queued or automatic start failed (the task then exited), else None
+    start_error: str | None
 
 
 __all__ = ["JobSpec", "Status", "StreamInfo", "TaskInfo"]
