@@ -34,6 +34,7 @@ from bgtask._client.codec import UndecodableValue
 from bgtask._client.pool import TaskPool, default_pool, search, spawn
 from bgtask._client.stream import Stream
 from bgtask._client.task import Task, current
+from bgtask._client.waiting import wait
 from bgtask._errors import (
     AccessDeniedError,
     BgTaskError,
@@ -73,6 +74,7 @@ __all__ = [
     "default_pool",
     "search",
     "spawn",
+    "wait",
 ]
 
 # Public objects say bgtask.X in reprs and tracebacks, not bgtask._private.X.

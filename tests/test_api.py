@@ -96,7 +96,7 @@ def test_every_error_can_be_raised_and_caught_by_its_builtin_base() -> None:
 CONTRACT_NAMES = {
     "TaskPool", "default_pool", "spawn", "search", "Task", "current", "Stream",
     "BgTaskError", "TaskNotFoundError", "AccessDeniedError", "SpawnError", "TaskLockedError",
-    "OutputGoneError", "StreamClosedError", "RemoteError", "UndecodableValue",
+    "OutputGoneError", "StreamClosedError", "RemoteError", "UndecodableValue", "wait",
 }
 
 

@@ -1,0 +1,385 @@
+"""Operations (API.md, "Operations"; issue 13): timeouts, restart policies with back-off,
+slots, limits, usage, exit hooks and ``bgtask.wait`` -- on real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from helpers import PY, REPO, pid_alive, py, wait_for
+
+import bgtask
+
+pytestmark = pytest.mark.timeout(60)
+
+SLEEP = ["sleep", "30"]
+IGNORE_TERM = py("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(30)")
+
+
+# -- timeouts and grace ----------------------------------------------------------------------
+
+
+def test_twenty_timeouts_end_on_time(spawn) -> None:
+    tasks = [spawn(SLEEP, timeout=0.5) for _ in range(20)]
+    for task in tasks:
+        assert task.wait(timeout=10) == -signal.SIGTERM
+    late = []
+    for task in tasks:
+        info = task.info(fresh=True)
+        assert info["status"]["timed_out"] is True
+        assert info["state"] == "exited"
+        late.append(info["ended_at"] - info["started_at"] - 0.5)
+    assert max(late) < 0.3, late
+    assert min(late) >= -0.01, late
+
+
+def test_timeout_escalates_to_kill_after_grace_and_shows_stopping(spawn) -> None:
+    task = spawn(IGNORE_TERM, timeout=0.3, grace=0.6)
+    wait_for(lambda: task.stream("stdout").read(0) == b"up\n", timeout=10)
+    wait_for(lambda: task.info(fresh=True)["state"] == "stopping", timeout=5)
+    assert task.wait(timeout=10) == -signal.SIGKILL
+    info = task.info(fresh=True)
+    assert info["status"]["timed_out"] is True
+    assert 0.85 <= info["ended_at"] - info["started_at"] < 1.5
+
+
+def test_a_client_kill_is_not_a_timeout(spawn) -> None:
+    task = spawn(SLEEP, timeout=20)
+    task.kill("TERM")
+    assert task.wait(timeout=10) == -signal.SIGTERM
+    assert task.info(fresh=True)["status"]["timed_out"] is False
+
+
+def test_delete_uses_grace(spawn) -> None:
+    task = spawn(IGNORE_TERM, grace=0.4)
+    wait_for(lambda: task.stream("stdout").read(0) == b"up\n", timeout=10)
+    t0 = time.monotonic()
+    task.delete()
+    assert 0.35 <= time.monotonic() - t0 < 3.0
+
+
+# -- restart policies --------------------------------------------------------------------------
+
+CRASHER = py(
+    "import sys, bgtask\n"
+    "c = bgtask.current().stream('control')\n"
+    "msgs = c.read(timeout=20)\n"
+    "for m in msgs: print(m, flush=True)\n"
+    "bgtask.current().stream('data').write(msgs)\n"
+    "sys.exit(0 if 'stop' in msgs else 1)\n")
+
+
+def test_ten_crashes_lose_and_repeat_nothing(spawn) -> None:
+    task = spawn(CRASHER, restart="on-failure", restart_delay=0.001, env={"PYTHONPATH": REPO})
+    control = task.stream("control")
+    for i in range(10):
+        control.write(f"m{i}")
+        # Half of them land while the job is backing off or starting again.
+        if i % 2:
+            wait_for(lambda i=i: task.info(fresh=True)["restarts"] >= i // 2, timeout=20)
+    wait_for(lambda: control.start == control.limit, timeout=20)  # all consumed
+    control.write("stop")
+    assert task.wait(timeout=30) == 0
+    lines = task.stream("stdout").read().decode().split()
+    assert lines == [f"m{i}" for i in range(10)] + ["stop"]
+    got = [m for batch in task.stream("data").read() for m in batch]
+    assert got == lines
+    assert task.info(fresh=True)["restarts"] >= 1
+
+
+def test_backoff_doubles_and_max_restarts(spawn) -> None:
+    task = spawn(["false"], restart="on-failure", restart_delay=0.2, max_restarts=3)
+    delays = []
+    seen = set()
+    deadline = time.monotonic() + 15
+    while task.info(fresh=True)["state"] != "exited" and time.monotonic() < deadline:
+        info = task.info()
+        if info["state"] == "backoff" and info["restarts"] not in seen and info["ended_at"]:
+            seen.add(info["restarts"])
+            delays.append(round(info["next_restart_at"] - info["ended_at"], 2))
+        time.sleep(0.01)
+    assert task.wait(timeout=5) == 1
+    info = task.info(fresh=True)
+    assert info["restarts"] == 3 and info["auto_restarts"] == 3
+    assert info["next_restart_at"] is None
+    assert delays == [0.2, 0.4, 0.8], delays
+
+
+def test_always_restarts_a_success_but_never_after_a_client_kill(spawn) -> None:
+    task = spawn(py("import time; time.sleep(0.1)"), restart="always", restart_delay=0.05)
+    wait_for(lambda: task.info(fresh=True)["restarts"] >= 2, timeout=20)
+    wait_for(lambda: task.info(fresh=True)["state"] == "running", timeout=10)
+    task.kill()
+    assert task.wait(timeout=10) in (-signal.SIGKILL, 0)  # it may have ended on its own first
+    state = task.info(fresh=True)
+    if state["status"]["returncode"] == -signal.SIGKILL:
+        time.sleep(0.3)
+        assert task.info(fresh=True)["state"] == "exited"
+
+
+def test_kill_never_restarts_and_pause_is_no_failure(spawn) -> None:
+    task = spawn(SLEEP, restart="on-failure", restart_delay=0.05)
+    task.pause()
+    wait_for(lambda: task.info(fresh=True)["state"] == "paused", timeout=5)
+    task.resume()
+    task.kill("TERM")
+    assert task.wait(timeout=10) == -signal.SIGTERM
+    time.sleep(0.3)
+    info = task.info(fresh=True)
+    assert info["state"] == "exited" and info["restarts"] == 0
+
+
+def test_delete_cancels_a_pending_restart(spawn) -> None:
+    task = spawn(["false"], restart="on-failure", restart_delay=30)
+    wait_for(lambda: task.info(fresh=True)["state"] == "backoff", timeout=10)
+    assert task.wait(timeout=0.3) is None  # a pending restart is not the end
+    t0 = time.monotonic()
+    task.delete()
+    assert time.monotonic() - t0 < 3
+
+
+def test_kill_of_a_backing_off_task_ends_it(spawn) -> None:
+    task = spawn(["false"], restart="always", restart_delay=30)
+    wait_for(lambda: task.info(fresh=True)["state"] == "backoff", timeout=10)
+    assert task.kill() is True
+    assert task.wait(timeout=5) == 1  # the last run's status
+    assert task.info(fresh=True)["state"] == "exited"
+
+
+# -- slots ---------------------------------------------------------------------------------------
+
+
+def test_queued_task_is_visible_killable_deletable_and_starts_when_a_slot_frees(spawn, pool) -> None:
+    first = spawn(SLEEP, slot=("q", 1))
+    killed = spawn(SLEEP, slot=("q", 1))
+    deleted = spawn(SLEEP, slot=("q", 1))
+    waiting = spawn(["true"], slot=("q", 1))
+    for t in (killed, deleted, waiting):
+        info = t.info(fresh=True)
+        assert info["state"] == "queued" and info["child_pid"] is None and info["started_at"] is None
+    assert killed.kill() is True
+    assert killed.wait(timeout=5) == -signal.SIGKILL
+    deleted.delete()
+    assert {t.pid for t in pool.search(state="queued")} == {waiting.pid}
+    first.kill()
+    t0 = time.monotonic()
+    assert waiting.wait(timeout=10) == 0
+    assert waiting.info(fresh=True)["started_at"] - first.info(fresh=True)["ended_at"] < 1.0
+    assert time.monotonic() - t0 < 2.0
+    assert killed.info(fresh=True)["started_at"] is None  # it never started
+
+
+_RACER = """
+import sys
+sys.path.insert(0, {repo!r})
+import bgtask
+pool = bgtask.TaskPool({pool!r})
+argv = ["/bin/sh", "-c", 'touch "$0/$$"; n=$(ls "$0" | wc -l); sleep 0.05; rm "$0/$$"; [ "$n" -le 3 ]', {box!r}]
+print(" ".join(str(pool.spawn(argv, slot=("race", 3)).pid) for _ in range({n})), flush=True)
+"""
+
+
+def test_racing_spawns_never_oversubscribe(pool, tmp_path) -> None:
+    box = tmp_path / "box"
+    box.mkdir()
+    code = _RACER.format(repo=REPO, pool=str(pool.path), box=str(box), n=20)
+    racers = [subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE) for _ in range(4)]
+    pids = []
+    for r in racers:
+        out, _ = r.communicate(timeout=60)
+        assert r.returncode == 0
+        pids += [int(p) for p in out.split()]
+    tasks = [bgtask.Task(pid, pool) for pid in pids]
+    try:
+        assert len(tasks) == 80
+        done, not_done = bgtask.wait(tasks, timeout=60)
+        assert not not_done
+        codes = [t.wait() for t in tasks]
+        assert codes.count(1) == 0, "oversubscribed"
+        assert codes == [0] * 80
+    finally:
+        for t in tasks:
+            t.delete()
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+def _limits_of(pid: int) -> str:
+    with open(f"/proc/{pid}/limits") as f:
+        return f.read()
+
+
+def test_limits_apply_to_the_job_not_the_supervisor(spawn) -> None:
+    plain = spawn(SLEEP)
+    limited = spawn(py("import resource, sys, time\n"
+                       "for r in ('CPU','AS','NOFILE','NPROC','FSIZE','CORE'):\n"
+                       "    print(r, *resource.getrlimit(getattr(resource, 'RLIMIT_' + r)), flush=True)\n"
+                       "time.sleep(30)"),
+                    limits={"cpu": 100, "memory": 1 << 30, "nofile": 64, "nproc": 5000,
+                            "fsize": 1 << 20, "core": 0})
+    wait_for(lambda: limited.stream("stdout").read(0).count(b"\n") == 6, timeout=10)
+    got = dict(line.split(None, 1) for line in limited.stream("stdout").read().decode().splitlines())
+    assert got == {"CPU": "100 100", "AS": f"{1 << 30} {1 << 30}", "NOFILE": "64 64",
+                   "NPROC": "5000 5000", "FSIZE": f"{1 << 20} {1 << 20}", "CORE": "0 0"}
+    assert _limits_of(limited.pid) == _limits_of(plain.pid)
+
+
+def test_a_job_killed_by_a_limit_says_so(spawn, tmp_path) -> None:
+    cpu = spawn(py("while True: pass"), limits={"cpu": 1})
+    fsize = spawn(["/bin/sh", "-c", f"head -c 100000 /dev/zero > {tmp_path}/big"], limits={"fsize": 1000})
+    assert cpu.wait(timeout=20) in (-signal.SIGKILL, -signal.SIGXCPU)
+    assert cpu.info(fresh=True)["status"]["limit"] == "cpu"
+    assert fsize.wait(timeout=10) != 0
+    # sh reports the child's SIGXFSZ as 128 + 25, or dies of it itself
+    status = fsize.info(fresh=True)["status"]
+    assert status["limit"] == "fsize" or status["exit_code"] == 128 + signal.SIGXFSZ
+
+
+def test_a_limited_run_reports_exec_errors(pool) -> None:
+    with pytest.raises(bgtask.SpawnError, match="cannot execute"):
+        pool.spawn(["/no/such/program"], limits={"nofile": 100})
+    assert os.listdir(pool.path) == [] or all(n.endswith(".lock") for n in os.listdir(pool.path))
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+BURNER = py(
+    "import os, time\n"
+    "def burn(s):\n"
+    "    end = time.process_time() + s\n"
+    "    while time.process_time() < end: pass\n"
+    "for _ in range(3):\n"
+    "    if os.fork() == 0:\n"
+    "        burn(0.3); os._exit(0)\n"
+    "for _ in range(3): os.wait()\n"
+    "print('burnt', flush=True)\n"
+    "time.sleep(float(os.environ.get('HOLD', '30')))\n")
+
+
+def test_usage_counts_children_that_exited_and_keeps_final_figures(spawn) -> None:
+    task = spawn(BURNER, env={"HOLD": "0.5"})
+    wait_for(lambda: task.stream("stdout").read(0) == b"burnt\n", timeout=20)
+    u = task.usage()
+    assert u["cpu_user"] + u["cpu_system"] >= 0.8, u
+    assert u["processes"] == 1 and u["rss"] > 0 and u["max_rss"] >= u["rss"]
+    assert task.wait(timeout=10) == 0
+    final = task.usage()
+    assert final["processes"] == 0 and final["rss"] == 0
+    assert final["cpu_user"] + final["cpu_system"] >= 0.8
+    assert final["max_rss"] > 0
+
+
+def test_usage_of_a_fifty_process_tree_is_fast(spawn) -> None:
+    task = spawn(["/bin/sh", "-c", "for i in $(seq 49); do sleep 30 & done; echo ok; wait"])
+    wait_for(lambda: task.stream("stdout").read(0) == b"ok\n", timeout=20)
+    wait_for(lambda: task.usage()["processes"] == 50, timeout=10)
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        task.usage()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    assert times[len(times) // 2] < 0.004, times  # the bar is 2 ms; 2 cores shared by 8
+
+
+# -- exit hooks -------------------------------------------------------------------------------
+
+
+def test_on_exit_hook_gets_the_env_and_starts_at_once(spawn, tmp_path) -> None:
+    out = tmp_path / "hook"
+    hook = [PY, "-c", "import os, sys, time; t = time.time(); open(sys.argv[1], 'w').write(repr((t, "
+            "{k: os.environ.get(k) for k in ('BGTASK_PID', 'BGTASK_POOL', 'BGTASK_RETURNCODE', "
+            "'BGTASK_TIMED_OUT', 'MINE')})))", str(out)]
+    task = spawn(SLEEP, timeout=0.3, on_exit=hook, env={"MINE": "yes"})
+    assert task.wait(timeout=10) == -signal.SIGTERM
+    wait_for(lambda: out.exists() and out.read_text(), timeout=10)
+    at, env = eval(out.read_text())
+    assert env == {"BGTASK_PID": str(task.pid), "BGTASK_POOL": str(task.pool.path),
+                   "BGTASK_RETURNCODE": "-15", "BGTASK_TIMED_OUT": "1", "MINE": "yes"}
+    # the hook's own interpreter start is in this figure (~20-50 ms)
+    assert at - task.info(fresh=True)["ended_at"] < 0.3
+
+
+def test_a_hanging_hook_delays_nothing_and_is_killed_after_grace(spawn, tmp_path) -> None:
+    pidfile = tmp_path / "pid"
+    hook = ["/bin/sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"]
+    task = spawn(["true"], on_exit=hook, grace=0.5, restart="on-failure")
+    t0 = time.monotonic()
+    assert task.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 2
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=10))
+    wait_for(lambda: not pid_alive(pid), timeout=5)
+    assert task.restart() is True
+    assert task.wait(timeout=10) == 0
+    t0 = time.monotonic()
+    task.delete()  # a second hook may be running: delete does not wait for it
+    assert time.monotonic() - t0 < 2
+
+
+# -- bgtask.wait ------------------------------------------------------------------------------
+
+
+def test_wait_on_many(spawn) -> None:
+    fast, slow, bad = spawn(["true"]), spawn(["sleep", "2"]), spawn(["false"])
+    done, not_done = bgtask.wait([fast, slow, bad], return_when="FIRST_EXCEPTION")
+    assert bad in done and slow in not_done
+    done, not_done = bgtask.wait([slow], timeout=0.2)
+    assert (done, not_done) == (set(), {slow})
+    done, not_done = bgtask.wait([fast, slow, bad])
+    assert done == {fast, slow, bad} and not not_done
+    assert bgtask.wait([]) == (set(), set())
+    with pytest.raises(ValueError):
+        bgtask.wait([fast], return_when="SOMETIMES")
+    with pytest.raises(ValueError):
+        bgtask.wait([fast], timeout=-1)
+    with pytest.raises(TypeError):
+        bgtask.wait([1])
+
+
+# -- bad values --------------------------------------------------------------------------------
+
+BAD = [
+    pytest.param({"timeout": -1}, ValueError, id="timeout-negative"),
+    pytest.param({"timeout": 0}, ValueError, id="timeout-zero"),
+    pytest.param({"timeout": float("nan")}, ValueError, id="timeout-nan"),
+    pytest.param({"timeout": "5"}, TypeError, id="timeout-str"),
+    pytest.param({"grace": -0.1}, ValueError, id="grace-negative"),
+    pytest.param({"grace": float("inf")}, ValueError, id="grace-inf"),
+    pytest.param({"grace": None}, TypeError, id="grace-none"),
+    pytest.param({"restart": "sometimes"}, ValueError, id="restart-unknown"),
+    pytest.param({"restart_delay": -1}, ValueError, id="restart-delay-negative"),
+    pytest.param({"max_restarts": -1}, ValueError, id="max-restarts-negative"),
+    pytest.param({"max_restarts": 1.5}, TypeError, id="max-restarts-float"),
+    pytest.param({"on_exit": "echo hi"}, TypeError, id="hook-str"),
+    pytest.param({"on_exit": ["echo", 1]}, TypeError, id="hook-not-str"),
+    pytest.param({"on_exit": []}, ValueError, id="hook-empty"),
+    pytest.param({"slot": ("s", 0)}, ValueError, id="slot-zero"),
+    pytest.param({"slot": ("s", -2)}, ValueError, id="slot-negative"),
+    pytest.param({"slot": "s"}, TypeError, id="slot-str"),
+    pytest.param({"slot": ("a/b", 2)}, ValueError, id="slot-bad-name"),
+    pytest.param({"slot": ("s", 2.0)}, TypeError, id="slot-float"),
+    pytest.param({"limits": {"rss": 10}}, ValueError, id="limit-unknown"),
+    pytest.param({"limits": {"cpu": -1}}, ValueError, id="limit-negative"),
+    pytest.param({"limits": {"cpu": 1.5}}, TypeError, id="limit-float"),
+    pytest.param({"limits": [("cpu", 1)]}, TypeError, id="limits-list"),
+    pytest.param({"nonsense": 1}, TypeError, id="unknown-option"),
+]
+
+
+@pytest.mark.parametrize(("options", "error"), BAD)
+def test_bad_values_raise_before_anything_starts(pool, options, error) -> None:
+    with pytest.raises(error):
+        pool.spawn(SLEEP, **options)
+    assert not pool.path.exists() or os.listdir(pool.path) == []
+
+
+def test_usage_loads_nothing_new_into_the_supervisor(spawn) -> None:
+    task = spawn(SLEEP)
+    task.usage()
+    with open(f"/proc/{task.pid}/maps") as f:
+        maps = f.read()
+    assert "psutil" not in maps and "resource" not in maps
