@@ -9,10 +9,10 @@ import argparse
 import errno
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import bgtask
-from bgtask._cli_args import PROG, Failure, UsageError, meta_value, pair, pid, seconds, size
+from bgtask._cli_args import PROG, Failure, UsageError, count, meta_value, pair, pid, seconds, size
 from bgtask._cli_io import copy_streams, error, error_text
 
 #: ``wait --timeout`` ran out, like ``timeout(1)``.
@@ -81,10 +81,55 @@ def spawn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock", metavar="NAME", help="hold this lock while the job runs")
     p.add_argument("--shell", action="store_true",
                    help="run CMD (its words joined by spaces) with /bin/sh -c")
+    ops = p.add_argument_group("operations (see the README's 'Operations')")
+    ops.add_argument("--timeout", metavar="S", type=seconds,
+                     help="TERM the job after S seconds of a run, KILL after the grace")
+    ops.add_argument("--grace", metavar="S", type=seconds, default=5.0,
+                     help="seconds from TERM to KILL wherever bgtask stops the job (default 5)")
+    ops.add_argument("--restart", choices=("never", "on-failure", "always"), default="never",
+                     help="restart the job automatically when a run ends (default never)")
+    ops.add_argument("--restart-delay", metavar="S", type=seconds, default=1.0,
+                     help="back-off before the first automatic restart, doubling (default 1)")
+    ops.add_argument("--max-restarts", metavar="N", type=count, help="at most N automatic restarts")
+    ops.add_argument("--slot", metavar="NAME:N", type=_slot,
+                     help="at most N of your tasks with slot NAME run at once; others queue")
+    ops.add_argument("--limit", metavar="K=V", type=_limit, action="append", default=[],
+                     help="a resource limit of the job: cpu, memory, nofile, nproc, fsize, core "
+                          "(sizes take K/M/G); repeatable")
+    ops.add_argument("--on-exit", metavar="CMD", type=_hook,
+                     help="a command (split like a shell) run after each run ends")
     p.add_argument("-f", "--follow", action="store_true",
                    help="stream the output until the job ends; exit with its exit status")
     p.add_argument("--rm", action="store_true", help="with --follow: delete the task when it ends")
     p.add_argument("cmd", metavar="-- CMD ARGS", nargs=argparse.REMAINDER, help="the command")
+
+
+def _slot(text: str) -> tuple[str, int]:
+    name, sep, n = text.rpartition(":")
+    if not sep or not name:
+        raise ValueError(f"a slot is NAME:N, not {text!r}")
+    return name, count(n)
+
+
+def _limit(text: str) -> tuple[str, int]:
+    k, v = pair(text)
+    return k, size(v)
+
+
+def _hook(text: str) -> list[str]:
+    import shlex
+
+    return shlex.split(text)
+
+
+def _operations(args: argparse.Namespace) -> dict[str, Any]:
+    """spawn's operations options from the command line (checked by spawn itself)."""
+    ops: dict[str, Any] = {"timeout": args.timeout, "grace": args.grace, "restart": args.restart,
+                              "restart_delay": args.restart_delay, "max_restarts": args.max_restarts,
+                              "slot": args.slot, "on_exit": args.on_exit}
+    if args.limit:
+        ops["limits"] = dict(args.limit)
+    return ops
 
 
 def _spawn_hint(exc: bgtask.SpawnError, command: list[str], shell: bool) -> str:
@@ -114,7 +159,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     try:
         task = pool_of(args).spawn(
             argv, env=env or None, cwd=args.cwd, meta=meta, max_buffer=args.max_buffer,
-            on_full=args.on_full, shell=args.shell, lock=args.lock, **options,
+            on_full=args.on_full, shell=args.shell, lock=args.lock, **options, **_operations(args),
         )
     except bgtask.SpawnError as exc:
         hint = _spawn_hint(exc, command, args.shell)
@@ -189,17 +234,37 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def wait_arguments(p: argparse.ArgumentParser) -> None:
-    pid_arg(p)
+    pids_arg(p)
     p.add_argument("--timeout", metavar="S", type=seconds,
                    help=f"give up after S seconds (exit status {EXIT_TIMEOUT})")
+    p.add_argument("--any", action="store_true",
+                   help="return when the first of the tasks ends (default: all of them)")
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    code = task_of(args, args.pid).wait(timeout=args.timeout)
-    if code is None:
-        print(f"{PROG}: task {args.pid} still running after {args.timeout:g} s", file=sys.stderr)
+    pids = list(dict.fromkeys(args.pids))
+    if len(pids) == 1:
+        code = task_of(args, pids[0]).wait(timeout=args.timeout)
+        if code is None:
+            print(f"{PROG}: task {pids[0]} still running after {args.timeout:g} s", file=sys.stderr)
+            return EXIT_TIMEOUT
+        return exit_status(code)
+    # Several: one event loop waits for all (bgtask.wait). The exit status is that of
+    # the first task (in the order given) that ended with a non-zero status, else 0.
+    tasks = [task_of(args, p) for p in pids]
+    done, not_done = bgtask.wait(tasks, timeout=args.timeout,
+                                 return_when="FIRST_COMPLETED" if args.any else "ALL_COMPLETED")
+    if not done or (not_done and not args.any):
+        print(f"{PROG}: task(s) {' '.join(str(t.pid) for t in tasks if t in not_done)} still "
+              f"running after {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
-    return exit_status(code)
+    codes = []
+    for t in tasks:
+        if t in done:
+            code = t.wait()
+            codes.append(code)
+            print(t.pid, code)  # which ended, and how (the returncode convention)
+    return next((exit_status(c) for c in codes if c), 0)
 
 
 def rm_arguments(p: argparse.ArgumentParser) -> None:

@@ -383,3 +383,34 @@ def test_usage_loads_nothing_new_into_the_supervisor(spawn) -> None:
     with open(f"/proc/{task.pid}/maps") as f:
         maps = f.read()
     assert "psutil" not in maps and "resource" not in maps
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_cli_spawn_operations_ls_usage_and_wait(pool, capsys) -> None:
+    from bgtask.cli import main
+
+    assert main(["spawn", "--timeout", "0.3", "--grace", "0.2", "--restart", "on-failure",
+                 "--max-restarts", "1", "--restart-delay", "0.1", "--slot", "c:2",
+                 "--limit", "cpu=10", "--limit", "memory=1G", "--on-exit", "true x", "--", *SLEEP]) == 0
+    a = int(capsys.readouterr().out)
+    assert main(["spawn", "--", "true"]) == 0
+    b = int(capsys.readouterr().out)
+    try:
+        info = bgtask.Task(a, pool).info()
+        assert info["limits"] == {"cpu": 10, "memory": 1 << 30} and info["slot"] == ["c", 2]
+        assert main(["ls", "--usage"]) == 0
+        assert "CPU" in capsys.readouterr().out
+        assert main(["wait", "--any", str(a), str(b)]) == 0
+        assert f"{b} 0" in capsys.readouterr().out
+        assert main(["wait", str(a), str(b)]) == 128 + signal.SIGTERM
+        assert bgtask.Task(a, pool).info(fresh=True)["restarts"] == 1
+        assert main(["info", str(a)]) == 0
+        out = capsys.readouterr().out
+        assert "timeout" in out and "on-failure" in out and "cpu=10" in out
+        assert main(["spawn", "--slot", "c:0", "--", "true"]) == 1
+        assert main(["spawn", "--limit", "rss=1", "--", "true"]) == 1
+    finally:
+        for pid in (a, b):
+            bgtask.Task(pid, pool).delete()

@@ -49,6 +49,10 @@ def status_text(info: dict[str, Any]) -> str:
     flags cannot tell; an older one (no ``state``) is read from ``status`` alone.
     """
     state = info.get("state")
+    at = info.get("next_restart_at")
+    if state == "backoff" and isinstance(at, (int, float)):
+        # when the automatic restart is due: "backoff 2.5s"
+        return f"backoff {max(0.0, at - time.time()):.1f}s"
     if state in ("queued", "stopping", "backoff", "unresponsive"):
         return str(state)
     st = info.get("status") or {}

@@ -106,6 +106,33 @@ def _stream_line(name: str, d: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _operations_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """``info``'s lines for the operations options a task has (none for a plain task)."""
+    rows = []
+    if info.get("timeout") is not None:
+        timed_out = (info.get("status") or {}).get("timed_out")
+        rows.append(("timeout", f"{info['timeout']:g}s" + (" (timed out)" if timed_out else "")))
+    if info.get("grace") is not None and info.get("grace") != 5.0:
+        rows.append(("grace", f"{info['grace']:g}s"))
+    if info.get("restart") not in (None, "never"):
+        text = f"{info['restart']}, delay {info.get('restart_delay', 1.0):g}s"
+        if info.get("max_restarts") is not None:
+            text += f", at most {info['max_restarts']}"
+        text += f"; {info.get('auto_restarts', 0)} so far"
+        if info.get("next_restart_at"):
+            text += f"; next at {full_time_text(info['next_restart_at'])}"
+        rows.append(("restart", text))
+    if info.get("slot"):
+        rows.append(("slot", printable(f"{info['slot'][0]} (at most {info['slot'][1]})")))
+    if info.get("limits"):
+        rows.append(("limits", ", ".join(f"{k}={v}" for k, v in sorted(info["limits"].items()))))
+    if info.get("on_exit"):
+        rows.append(("on exit", printable(" ".join(info["on_exit"]))))
+    if info.get("start_error"):
+        rows.append(("error", printable(str(info["start_error"]))))
+    return rows
+
+
 def info_lines(info: dict[str, Any], now: float | None = None, style: str = "python") -> list[str]:
     """``info``: the facts of one task, one per line (``key  value``), control characters
     escaped. Meta values are shown as *style* says (see :func:`value_text`): Python
@@ -129,6 +156,7 @@ def info_lines(info: dict[str, Any], now: float | None = None, style: str = "pyt
     ]
     if info.get("lock"):
         rows.append(("lock", printable(str(info["lock"]))))
+    rows += _operations_rows(info)
     rows.append(("owner", _user(info.get("owner"))))
     meta = info.get("meta") or {}
     if not meta:
