@@ -61,7 +61,8 @@ WORKER = ("# worker.py",)
 CLIENT = ("# client.py",)
 STDIN = ('bgtask.spawn(["sort"])',)
 SESSION = ("$ bgtask ls",)
-ALL = [QUICK_START, ACTIVATE, TEST_COMMAND, TOUR, WORKER, CLIENT, STDIN, SESSION]
+OPERATIONS = ("# operations.py",)
+ALL = [QUICK_START, ACTIVATE, TEST_COMMAND, TOUR, WORKER, CLIENT, STDIN, SESSION, OPERATIONS]
 
 
 def test_every_block_is_run() -> None:
@@ -112,6 +113,14 @@ def test_the_python_tour(pool_dir: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "b'importing\\n'\n0 10\nexit status -15\n"
     assert proc.stderr == "a warning\n"
+
+
+def test_the_operations_example(pool_dir: str, tmp_path: Path) -> None:
+    (tmp_path / "operations.py").write_text(claimed(*OPERATIONS))
+    proc = subprocess.run([sys.executable, "operations.py"], cwd=tmp_path, env=_python_env(pool_dir),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "1\nTrue -15 2 True\n"
 
 
 def test_worker_and_client(pool_dir: str, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The job's life: one state machine, its runs and exit status, and the one timer.
+"""The job's life: one state machine, its runs and exit status, and its deadlines.
 
 * :class:`JobState` -- the job's phase; its values are the wire's ``info()["state"]``.
   :data:`SIGNALLABLE` and friends replace scattered ``state != "exited"`` tests.
@@ -9,28 +9,26 @@
 * :class:`Run` -- one execution: the job's pid and its I/O (``io.py``).
 * :class:`Job` -- runs, exit status, ``kill``/``restart``/``wait``/``delete``, the
   "output collected" predicate, and the deadlines that :meth:`Job.tick` honours.
-* :class:`Clock` -- the one thread that calls :meth:`Job.tick` when a deadline is due
-  (started with the first deadline; no thread per timer).
+* :class:`~bgtask._supervisor.clock.Clock` -- the one thread that calls :meth:`Job.tick`
+  when a deadline is due (started with the first deadline; no thread per timer).
 
 The process side (``posix_spawn``, the reaper, signals) is behind a launcher
 (``runner.ProcessLauncher``), so a :class:`Job` can be driven by a fake one in tests:
 the reaper reports through :meth:`Job.run_stopped`, :meth:`Job.run_continued` and
 :meth:`Job.run_exited`.
 
-Where the operations features go (API.md, "Operations"): a run timeout is a
-``"timeout"`` deadline set in :meth:`Job._begin` whose ``_due_timeout`` moves to
-STOPPING and sets a ``"kill"`` deadline ``grace`` later; a restart policy makes
-:meth:`Job.run_exited` go to BACKOFF with a ``"restart"`` deadline
-(``next_restart_at``); slots start in QUEUED. Each is a ``_due_<kind>`` method.
+The operations (API.md, "Operations": timeouts, restart policies, slots, exit hooks)
+are ``policy.Operations`` (:attr:`Job.ops`), called at a run's start and end and for
+its own deadlines (``timeout``, ``kill``, ``restart``, ``slot``, ``hook``).
 """
 
 from __future__ import annotations
 
 import enum
 import signal
-import threading
 import time
 
+from bgtask._supervisor.clock import Clock  # re-exported: the clock thread lives there
 from bgtask._supervisor.errors import InternalError
 from bgtask._wire.names import COLLECT_GRACE
 
@@ -418,33 +416,6 @@ class Job:
         if self.phase is EXITED:
             self.collect_expired = True
             self.changed.notify_all()
-
-
-class Clock:
-    """The supervisor's one timer thread: sleeps on :attr:`Job.timers` until the next
-    deadline and calls :meth:`Job.tick`. Started by the first deadline, so a task whose
-    job never ends costs no thread."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.thread: threading.Thread | None = None
-
-    def wake(self) -> None:
-        """A deadline was set (lock held): make sure the thread runs."""
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name="clock", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        job = self.job
-        with job.lock:
-            while True:
-                nxt = job.next_deadline()
-                now = time.monotonic()
-                if nxt is not None and nxt <= now:
-                    job.tick(now)
-                else:
-                    job.timers.wait(None if nxt is None else nxt - now)
 
 
 __all__ = ["BACKOFF", "EXITED", "PAUSED", "PENDING", "QUEUED", "RUNNING", "SIGNALLABLE", "STOPPING",
