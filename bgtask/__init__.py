@@ -27,14 +27,9 @@ The layers (imports flow downwards only; ``tests/test_layers.py`` enforces it)::
 
 from __future__ import annotations
 
-from bgtask._client.aiopool import AsyncTaskPool
-from bgtask._client.aiostream import AsyncStream
-from bgtask._client.aiotask import AsyncTask, current_async
-from bgtask._client.codec import UndecodableValue
-from bgtask._client.pool import TaskPool, default_pool, search, spawn
-from bgtask._client.stream import Stream
-from bgtask._client.task import Task, current
-from bgtask._client.waiting import wait
+import sys as _sys
+from importlib import import_module as _import_module
+
 from bgtask._errors import (
     AccessDeniedError,
     BgTaskError,
@@ -77,9 +72,66 @@ __all__ = [
     "wait",
 ]
 
-# Public objects say bgtask.X in reprs and tracebacks, not bgtask._private.X.
+# ``typing`` itself costs ~2 ms: mypy treats any name TYPE_CHECKING as the real one.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # what the lazy names below are, for mypy and editors
+    from typing import Any
+
+    from bgtask._client.aiopool import AsyncTaskPool
+    from bgtask._client.aiostream import AsyncStream
+    from bgtask._client.aiotask import AsyncTask, current_async
+    from bgtask._client.codec import UndecodableValue
+    from bgtask._client.pool import TaskPool, default_pool, search, spawn
+    from bgtask._client.stream import Stream
+    from bgtask._client.task import Task, current
+    from bgtask._client.waiting import wait
+
+#: names imported on first use (PEP 562), and their module: ``bgtask ls`` on an empty
+#: pool must not pay for asyncio, multiprocessing and dill (~50 ms of a ~70 ms run).
+_LAZY = {
+    "AsyncStream": "bgtask._client.aiostream",
+    "AsyncTask": "bgtask._client.aiotask",
+    "AsyncTaskPool": "bgtask._client.aiopool",
+    "Stream": "bgtask._client.stream",
+    "Task": "bgtask._client.task",
+    "TaskPool": "bgtask._client.pool",
+    "UndecodableValue": "bgtask._client.codec",
+    "current": "bgtask._client.task",
+    "current_async": "bgtask._client.aiotask",
+    "default_pool": "bgtask._client.pool",
+    "search": "bgtask._client.pool",
+    "spawn": "bgtask._client.pool",
+    "wait": "bgtask._client.waiting",
+}
+
+
+def _public(obj: Any) -> Any:
+    """Public objects say bgtask.X in reprs and tracebacks, not bgtask._private.X."""
+    if getattr(obj, "__module__", "").startswith("bgtask._"):
+        obj.__module__ = "bgtask"
+    return obj
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bgtask' has no attribute {name!r}")
+    _import_module(module)
+    # Every lazy name whose module is loaded now (a module imports others: Task comes
+    # with AsyncTask) becomes a plain attribute, so reprs say bgtask.X from here on
+    # and this function is not called for it again.
+    for other, where in _LAZY.items():
+        loaded = _sys.modules.get(where)
+        if loaded is not None and other not in globals():
+            globals()[other] = _public(getattr(loaded, other))
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("bgtask._"):
-        _obj.__module__ = "bgtask"
-del _name, _obj
+    if _name not in _LAZY:
+        _public(globals()[_name])
+del _name, TYPE_CHECKING
