@@ -9,9 +9,10 @@ points at ``bgtask ls --help``, not at the top-level help.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
+import os
 import re
+import sys
 from typing import Any, NoReturn
 
 PROG = "bgtask"
@@ -59,7 +60,38 @@ class PoolAction(argparse.Action):
         namespace.pool = values
 
 
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns`` without importing shutil (and with it
+    bz2, lzma, zlib: ~2 ms of an empty ``bgtask ls``): ``$COLUMNS``, else our stdout's
+    terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, sized as argparse sizes it. argparse makes one for
+    every ``add_argument`` (to check the argument), and each imports shutil to ask the
+    terminal's width."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
+
     #: options may come after positionals (``send 42 hi -n``, ``kill 1 -s INT 2``).
     intermixed = False
     #: a command's own parser: it reports the arguments it does not know itself.
@@ -103,6 +135,8 @@ class Parser(argparse.ArgumentParser):
 def unknown_command(word: str, commands: list[str]) -> str:
     """``unknown command 'logs' (did you mean 'cat' or 'tail'?)``."""
     text = f"unknown command {word!r}"
+    import difflib  # here: only a mistyped command needs it
+
     near = list(SUGGESTIONS.get(word.lower(), ())) or difflib.get_close_matches(word, commands, n=2)
     if near:
         text += f" (did you mean {' or '.join(repr(c) for c in near)}?)"
@@ -178,5 +212,5 @@ def meta_value(text: str) -> Any:
         return text
 
 
-__all__ = ["PROG", "Failure", "Parser", "PoolAction", "UsageError", "count", "meta_value", "pair", "pid", "seconds",
+__all__ = ["PROG", "Failure", "Formatter", "Parser", "PoolAction", "UsageError", "count", "meta_value", "pair", "pid", "seconds",
            "size", "unknown_command"]

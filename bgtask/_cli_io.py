@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import IO, Any
@@ -245,6 +244,8 @@ def copy_streams(task: bgtask.Task, names: list[str], starts: dict[str, int | No
                 write(chunk, output_of(name))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
+
+    import threading  # here: only following two streams needs it
 
     threads = [threading.Thread(target=pump, args=(n,), name=f"bgtask-{n}", daemon=True) for n in names]
     for t in threads:

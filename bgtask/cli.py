@@ -122,8 +122,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         assert isinstance(p, Parser)
         p.set_defaults(func=command.run, command=command.name)
         p.is_command = True
-        p.intermixed = command.name != "spawn"  # spawn's options end where the command begins
         command.arguments(p)
+        # Options after a list of positionals (``kill 1 -s INT 2``) need the intermixed
+        # parse, which formats the usage first (~9 regular expressions compiled): only
+        # where a list is taken; spawn's options end where the command begins.
+        p.intermixed = command.name != "spawn" and any(
+            a.nargs in ("*", "+") for a in p._get_positional_actions())
     return parser
 
 

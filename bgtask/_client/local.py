@@ -16,13 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths, _process
-from bgtask._client import connection as _protocol
 from bgtask._client import records as _records
-from bgtask._client import spawn as _spawn
 from bgtask._client import sweep as _sweep
 from bgtask._errors import AccessDeniedError, SpawnError, TaskNotFoundError
-from bgtask._wire.faults import SupervisorDeadError
 
+# connection and spawn are imported where they are used: listing an empty pool (an
+# empty ``bgtask ls``) must not load multiprocessing and subprocess for nothing.
 if TYPE_CHECKING:
     from bgtask._wire.framing import Connection
     from bgtask._wire.schema import JobSpec
@@ -125,6 +124,8 @@ class LocalBackend:
         return None
 
     def connect(self, pid: int) -> Connection:
+        from bgtask._client import connection as _protocol
+
         where = self.locate(pid)
         try:
             return _protocol.open_connection(where, pid)
@@ -148,6 +149,8 @@ class LocalBackend:
         """The error for a connection to task *pid* in *where* that failed with *exc*,
         after sweeping the supervisor if it is proven dead (``connect``'s last step,
         shared with the asyncio client)."""
+        from bgtask._wire.faults import SupervisorDeadError
+
         if isinstance(exc, SupervisorDeadError):
             report = _sweep.sweep(where, pid)
         else:
@@ -230,6 +233,8 @@ class LocalBackend:
             raise SpawnError("cannot start the job: the current directory was deleted; pass cwd=") from None
 
     def spawn(self, spec: JobSpec) -> int:
+        from bgtask._client import spawn as _spawn
+
         self._ensure()
         for _attempt in range(SPAWN_ATTEMPTS):
             pid = _spawn.start_supervisor(self._dir, spec)

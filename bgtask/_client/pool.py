@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths
 from bgtask._client.local import LocalBackend
-from bgtask._client.spawn import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT, build_spec
 from bgtask._errors import AccessDeniedError, TaskNotFoundError, TaskUnresponsiveError
+from bgtask._wire.names import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT
 
 if TYPE_CHECKING:
     from bgtask._client.backend import PoolBackend
@@ -38,6 +37,8 @@ def _user_runtime_pool() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
         return Path(xdg, "bgtask")
+    import tempfile  # here: with $BGTASK_POOL set, listing never needs it (~3 ms)
+
     return Path(tempfile.gettempdir(), f"bgtask-{os.geteuid()}")
 
 
@@ -70,6 +71,8 @@ def _default_places() -> list[str]:
         places.append(os.path.join(os.path.abspath(xdg), "bgtask"))
     # where systemd puts XDG_RUNTIME_DIR, for sessions (cron, su) that had none
     places.append(f"/run/user/{uid}/bgtask")
+    import tempfile
+
     places.append(os.path.join(tempfile.gettempdir(), f"bgtask-{uid}"))
     places.append(f"/tmp/bgtask-{uid}")
     return places
@@ -80,7 +83,8 @@ def _local_backend(path: str | os.PathLike[str] | None) -> LocalBackend:
     p = Path(os.path.abspath(os.fspath(path) if path is not None else _default_pool_path()))
     _paths.check_pool_path(str(p))
     shared = str(p) == SYSTEM_POOL
-    per_user = path is None and p == _user_runtime_pool()
+    # (the names first: a path with another name cannot be the per-user default)
+    per_user = path is None and p.name in ("bgtask", f"bgtask-{os.geteuid()}") and p == _user_runtime_pool()
     dirs = [str(p)] if explicit else [str(p), *_default_places()]
     return LocalBackend(dirs, mode=0o1777 if shared else 0o700, per_user=per_user)
 
@@ -192,6 +196,7 @@ class TaskPool:
         ``max_restarts``, ``on_exit``, ``slot``, ``limits``; see the README's
         "Operations") are keyword-only too; an unknown keyword is a ``TypeError``.
         """
+        from bgtask._client.spawn import build_spec
         from bgtask._client.task import Task
 
         spec = build_spec(self._backend, argv, env=env, cwd=cwd, meta=meta, retain_output=retain_output,
@@ -226,11 +231,13 @@ class TaskPool:
         return out
 
     def _live_tasks(self) -> list[Task]:
-        from bgtask._client.task import Task
-
         pids = self._backend.pids()
         if not pids:
             return []
+        # Imported here: an empty pool lists without the connection machinery
+        # (multiprocessing, dill), a third of an empty ``bgtask ls``.
+        from bgtask._client.task import Task
+
         # Status records first: a file read per task instead of a connection, a
         # handshake and a supervisor thread (0.7 ms a task). A task whose record cannot
         # be trusted (missing, stale, a stopped supervisor...) is asked below.

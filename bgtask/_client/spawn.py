@@ -29,17 +29,12 @@ from bgtask._client import codec as _codec
 from bgtask._client import template as _template
 from bgtask._errors import SpawnError
 from bgtask._wire.faults import start_error_to_exception
-from bgtask._wire.names import SUPERVISOR_MARKER
+from bgtask._wire.names import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT, SUPERVISOR_MARKER
 
 if TYPE_CHECKING:
     from bgtask._client.backend import PoolBackend
     from bgtask._wire.schema import JobSpec
 
-#: the default of ``spawn(max_buffer=)``: most unread bytes held per output stream.
-DEFAULT_MAX_BUFFER = 64 << 20
-#: the default of ``spawn(retain_output=)``: bytes kept readable after they were read, so
-#: that ``bgtask cat`` followed by ``bgtask tail`` still shows the end.
-DEFAULT_RETAIN_OUTPUT = 1 << 20
 #: how long spawn() waits for a supervisor to report before giving up on it.
 SPAWN_TIMEOUT = 30.0
 _LOCK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,99}\Z")

@@ -25,7 +25,6 @@ import time
 from typing import Any, NamedTuple
 
 from bgtask import _paths, _process
-from bgtask._client.connection import refuses as _refuses
 from bgtask._wire.names import SUPERVISOR_MARKER
 
 #: a token file without a socket is left alone this long (its supervisor may be starting).
@@ -66,6 +65,8 @@ def sweep(pool: str, pid: int, force_if_silent: bool = False) -> SweepReport | N
         if st is not None:
             if not _paths.is_mine(st) or not stat.S_ISSOCK(st.st_mode):
                 return None
+            from bgtask._client.connection import refuses as _refuses  # not for an empty pool
+
             if not _refuses(sock):
                 return None
         elif not force_if_silent:

@@ -43,9 +43,15 @@ COLLECT_GRACE = 1.0
 KILL_WAIT = 10.0
 #: how long a client waits beyond a call's own deadline (delete, wait) before it gives up.
 CLIENT_SLACK = 2.0
+#: the default of ``spawn(max_buffer=)``: most unread bytes held per output stream.
+DEFAULT_MAX_BUFFER = 64 << 20
+#: the default of ``spawn(retain_output=)``: bytes kept readable after they were read, so
+#: that ``bgtask cat`` followed by ``bgtask tail`` still shows the end.
+DEFAULT_RETAIN_OUTPUT = 1 << 20
 #: the "is this process a supervisor?" marker on its command line (see ``_client.spawn``).
 SUPERVISOR_MARKER = b"bgtask._supervisor"
 
-__all__ = ["ANSWER_GRACE", "CLIENT_SLACK", "COLLECT_GRACE", "CONNECT_TIMEOUT", "EXPOSED", "KILL_WAIT",
+__all__ = ["ANSWER_GRACE", "CLIENT_SLACK", "COLLECT_GRACE", "CONNECT_TIMEOUT", "DEFAULT_MAX_BUFFER",
+           "DEFAULT_RETAIN_OUTPUT", "EXPOSED", "KILL_WAIT",
            "MESSAGE_STREAMS", "OUTPUT_STREAMS", "PROTOCOL_VERSION", "STATE_IDENT", "STREAMS",
            "SUPERVISOR_MARKER"]
