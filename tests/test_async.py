@@ -5,6 +5,7 @@ semantics over both APIs are in ``test_contract_both.py``.)"""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import signal
@@ -224,6 +225,51 @@ def test_current_async_inside_a_job(pool: bgtask.TaskPool) -> None:
     task = pool.spawn(py(code))
     assert task.wait(10) == 0
     assert task.stream("data").read() == [task.pid]
+    task.delete()
+
+
+def _sockets() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass  # the listing's own fd
+    return n
+
+
+def test_connections_closed_at_once_not_by_the_gc(pool: bgtask.TaskPool) -> None:
+    # filterwarnings=error: a socket left to the garbage collector would fail this test.
+    task = pool.spawn(py("import time; time.sleep(30)"))
+
+    async def main() -> bgtask.AsyncTask:
+        atask = bgtask.AsyncTask(task.pid, pool)
+        base = _sockets()
+        # A follow() cancelled mid-call: its connection is closed in the cancellation path.
+        first = asyncio.ensure_future(atask.stream("stdout").follow().__anext__())
+        await asyncio.sleep(0.3)
+        assert _sockets() == base + 1
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert _sockets() == base
+        # disconnect() closes the busy connections of this loop too, and the idle ones.
+        waiting = asyncio.ensure_future(atask.wait(5))
+        await asyncio.sleep(0.3)
+        await atask.info(fresh=True)
+        assert _sockets() == base + 2
+        atask.disconnect()
+        assert _sockets() == base
+        with pytest.raises(ConnectionAbortedError):
+            await waiting
+        assert (await atask.info(fresh=True))["pid"] == task.pid  # usable after it
+        return atask  # with one idle connection, out of its loop
+
+    atask = run(main())  # the loop is closed now
+    before = _sockets()
+    del atask  # dropped: its connection is closed quietly (a socket the gc closes warns)
+    gc.collect()  # (the cancelled calls' tracebacks hold main's frame, and atask with it)
+    assert _sockets() == before - 1
     task.delete()
 
 

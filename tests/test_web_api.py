@@ -23,11 +23,7 @@ from webserver import Server  # noqa: E402
 import bgtask  # noqa: E402
 from bgtask.web import _jobs, _serve, create_app  # noqa: E402
 
-# A follow() cancelled mid-call (a viewer that goes away) leaves its supervisor connection
-# to the garbage collector in bgtask.AsyncTask (close_all() closes idle connections only):
-# reported to the asyncio API's owner; until then its ResourceWarning is not ours to fail on.
-pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("ignore::ResourceWarning"),
-              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = [pytest.mark.timeout(60)]
 
 TOKEN = "test-token-" + "x" * 24
 #: what a job prints, a client sets as meta, or a command line holds, that must never run.

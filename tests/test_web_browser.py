@@ -9,10 +9,7 @@ list and a task page go to /tmp for a person to look at.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,23 +17,32 @@ from typing import Any
 import pytest
 
 pytest.importorskip("starlette")
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
 
+from webhelpers import (  # noqa: E402
+    TOKEN,
+    Servers,
+    browser_missing,
+    chromium,
+    latencies,
+    log_text,
+    open_task,
+    percentile,
+    probe_latency,
+    wait_for,
+)
 from webserver import Counted, Server  # noqa: E402
 
 import bgtask  # noqa: E402
 from bgtask.web import create_app  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
     pytest.mark.timeout(60),
     # see tests/test_web_api.py: AsyncTask leaves a cancelled call's connection to the GC
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-                       reason="Debian's chromium and chromium-driver are not installed"),
+    pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing())),
 ]
-TOKEN = "browser-token-" + "y" * 24
 CORPUS = [
     "<script>window.pwned=1</script>",
     "<img src=x onerror=\"window.pwned=2\">",
@@ -49,57 +55,18 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="bgtask-chromium-")
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={profile}", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    options.binary_location = CHROMIUM
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    d.set_page_load_timeout(20)
-    try:
+    with chromium() as d:
         yield d
-    finally:
-        d.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
 def serve(pool: bgtask.TaskPool) -> Iterator[Callable[..., Server]]:
     """``serve()`` starts the app on a free port (stopped after the test)."""
-    servers: list[Server] = []
-
-    def start(app: Any = None, port: int = 0) -> Server:
-        srv = Server(app if app is not None else create_app(pool, token=TOKEN), port=port).__enter__()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.__exit__()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.05)
-
-
-def log_text(driver: Any, which: str = "stdout") -> str:
-    return str(driver.execute_script(f"return document.querySelector('#{which} pre').textContent"))
-
-
-def open_task(driver: Any, srv: Server, pid: int) -> None:
-    driver.get(f"{srv.url}/tasks/{pid}?token={TOKEN}")
-    wait_for(lambda: driver.execute_script("return document.body.dataset.ready"), what="the tail windows")
+    servers = Servers(lambda: create_app(pool, token=TOKEN))
+    try:
+        yield servers
+    finally:
+        servers.close()
 
 
 def test_the_token_url_and_the_live_list(driver: Any, serve: Any, spawn: Any) -> None:
@@ -127,16 +94,11 @@ def test_a_live_job_is_followed_live(driver: Any, serve: Any, spawn: Any) -> Non
     task = spawn([sys.executable, "-c", script], meta={"name": "follow me", "owner": "tests"})
     srv = serve()
     open_task(driver, srv, task.pid)
-    driver.execute_script("""
-        window.lat = [];
-        new MutationObserver((muts) => { const now = Date.now();
-          for (const m of muts) for (const n of m.addedNodes)
-            for (const t of (n.textContent || '').matchAll(/T=(\\d+\\.\\d+)/g)) window.lat.push(now - parseFloat(t[1]) * 1000);
-        }).observe(document.querySelector('#stdout pre'), {childList: true, subtree: true});""")
+    probe_latency(driver)
     wait_for(lambda: "line 59" in log_text(driver), 20, "the last line")
-    lat = sorted(driver.execute_script("return window.lat"))
+    lat = latencies(driver)
     assert len(lat) >= 50
-    p95 = lat[int(len(lat) * 0.95) - 1]
+    p95 = percentile(lat, 0.95)
     # The latency is measured, not asserted (timings belong in benchmarks/, see
     # benchmarks/test_bench_web.py); -s shows it.
     print(f"line latency: median {lat[len(lat) // 2]:.0f} ms, p95 {p95:.0f} ms over {len(lat)} lines")

@@ -4,7 +4,6 @@ stopped at the end of its ``with`` block."""
 
 from __future__ import annotations
 
-import gc
 import socket
 import threading
 import time
@@ -61,6 +60,3 @@ class Server:
         if self.thread.is_alive():
             self.server.force_exit = True
             self.thread.join(5)
-        # Collect what the stopped loop left (see tests/test_web_api.py: connections of
-        # cancelled calls) while the test that made them, and its warning filters, still run.
-        gc.collect()

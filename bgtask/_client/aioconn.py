@@ -4,9 +4,10 @@ its exposed methods, on the event loop's own non-blocking sockets (no thread per
 The protocol itself is the sans-I/O one of ``_wire`` (:class:`ClientHandshake`,
 :class:`FrameDecoder`, ``map_fault``, ``reply_result``), the very pieces the blocking
 client drives over its blocking socket (``_client/connection.py``): only the I/O is
-written twice. A connection is an :class:`asyncio.Protocol` whose reader stays
-registered for its whole life, so a call costs one write and one wake-up, not an
-``add_reader``/``remove_reader`` pair per ``sock_recv``.
+written twice. A connection owns its non-blocking socket, whose reader stays registered
+with the loop for its whole life (a call costs one write and one wake-up, not an
+``add_reader``/``remove_reader`` pair per ``sock_recv``), and closes it at once when
+told to, whatever the state of its loop (:class:`_Wire`).
 
 Waits are probed every :data:`~bgtask._client.connection.SILENT_PROBE` seconds: a
 supervisor that is stopped (``kill -STOP``) is reported as
@@ -27,7 +28,6 @@ the call then depends on the call, and the caller picks how to end it
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import errno
 import os
@@ -52,20 +52,44 @@ _fast_streak = 0
 _BACKLOG_PAUSE = 0.001
 
 
-class _Wire(asyncio.Protocol):
-    """Bytes in, whole messages out; one waiter at a time (one call per connection)."""
+class _Wire:
+    """Bytes in, whole messages out; one waiter at a time (one call per connection).
 
-    def __init__(self, hs: ClientHandshake) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.hs: ClientHandshake | None = hs
+    It owns its non-blocking socket and keeps a reader registered with the loop for its
+    whole life (one wake-up per reply, no ``add_reader``/``remove_reader`` pair per call).
+    Not an asyncio transport on purpose: a transport closes its socket only in a callback
+    of a *running* loop, so a connection dropped after its loop stopped (a web server
+    shutting down, an ``asyncio.run`` that ended) could only be left to the garbage
+    collector and its ResourceWarning. :meth:`close` here closes the socket at once.
+    """
+
+    def __init__(self, sock: socket.socket, hs: ClientHandshake | None) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = asyncio.get_running_loop()
+        self.hs = hs
         self.decoder = FrameDecoder()
         self.waiter: asyncio.Future[bytes | None] | None = None
         self.lost: BaseException | None = None
-        self.gone = asyncio.get_running_loop().create_future()  # set by connection_lost
+        self.gone = self.loop.create_future()  # set when the connection ends
+        self.closed = False
+        self._out = bytearray()  # what the kernel did not take yet
+        self.loop.add_reader(self.fd, self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    # -- events ----------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.connection_lost(exc)
+            return
+        if not data:
+            self.connection_lost(None)
+            return
+        self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         hs = self.hs
@@ -73,10 +97,10 @@ class _Wire(asyncio.Protocol):
             try:
                 hs.receive_data(data)
             except Exception as exc:
-                self._write(hs.data_to_send())  # our #FAILURE#, if we refused the peer
+                self.write(hs.data_to_send())  # our #FAILURE#, if we refused the peer
                 self._fail(exc)
                 return
-            self._write(hs.data_to_send())
+            self.write(hs.data_to_send())
             if hs.done:
                 self.hs = None
                 self._deliver(None)
@@ -98,27 +122,88 @@ class _Wire(asyncio.Protocol):
                 return
             self._deliver(msg)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc if exc is not None else EOFError("the supervisor closed the connection")
-        self._fail(self.lost)
-        if not self.gone.done():
-            self.gone.set_result(None)
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail(exc if exc is not None else EOFError("the supervisor closed the connection"))
 
-    def _write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def write(self, data: bytes) -> None:
+        if not data or self.closed:
+            return
+        if self._out:
+            self._out += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if n < len(data):
+            self._out += data[n:]
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            n = self.sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        del self._out[:n]
+        if not self._out:
+            self.loop.remove_writer(self.fd)
 
     def _deliver(self, msg: bytes | None) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(msg)
 
     def _fail(self, exc: BaseException) -> None:
-        if self.lost is None and not isinstance(exc, EOFError):
+        if self.lost is None:
             self.lost = exc
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
-        if self.transport is not None:
-            self.transport.abort()
+        self.close()
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unregister and close the socket, now: in the loop's thread, or with the loop
+        stopped or closed (no callback needed); from another thread while the loop runs,
+        the loop is asked to do it (its selector is not ours to touch from here)."""
+        if self.closed:
+            return
+        loop = self.loop
+        if not loop.is_closed() and loop.is_running() and not _in_loop(loop):
+            try:
+                loop.call_soon_threadsafe(self.close)
+                return
+            except RuntimeError:
+                pass  # closed meanwhile: nothing is registered any more
+        self.closed = True
+        if self.lost is None:
+            self.lost = Disconnected(errno.ECONNABORTED, "the connection was closed on this side")
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(self.lost)
+        if not loop.is_closed():
+            loop.remove_reader(self.fd)
+            if self._out:
+                loop.remove_writer(self.fd)
+        self._out.clear()
+        self.sock.close()
+        if not self.gone.done() and not loop.is_closed():
+            self.gone.set_result(None)
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class Disconnected(ConnectionAbortedError):
+    """A call whose connection this side closed (``AsyncTask.disconnect()`` during it)."""
 
 
 class AioConnection:
@@ -136,7 +221,7 @@ class AioConnection:
         self._loop = asyncio.get_running_loop()
         #: out of step for good (a cancelled or failed call): never reused.
         self.broken = False
-        self._fd = self._fileno()
+        self._fd = wire.fd
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -144,14 +229,12 @@ class AioConnection:
 
     @property
     def closed(self) -> bool:
-        t = self._wire.transport
-        return self.broken or t is None or t.is_closing() or self._wire.lost is not None
+        return self.broken or self._wire.closed
 
     def close(self) -> None:
+        """Close the socket now (a pending request is dropped, not flushed)."""
         self.broken = True
-        t = self._wire.transport
-        if t is not None and not t.is_closing():
-            t.abort()  # abort: close() would keep the socket open to flush a pending write
+        self._wire.close()
 
     async def wait_closed(self, timeout: float) -> bool:
         """Wait up to *timeout* s for the supervisor to close its end; whether it did."""
@@ -160,11 +243,6 @@ class AioConnection:
         except asyncio.TimeoutError:
             return False
         return True
-
-    def _fileno(self) -> int:
-        t = self._wire.transport
-        sock = t.get_extra_info("socket") if t is not None else None
-        return -1 if sock is None else int(sock.fileno())
 
     async def call(self, method: str, args: tuple[Any, ...], kwds: dict[str, Any],
                    blocks_for: float | None = 0.0, on_cancel: str = "close") -> Any:
@@ -193,19 +271,20 @@ class AioConnection:
         waiter: asyncio.Future[bytes | None] = self._loop.create_future()
         wire.waiter = waiter
         payload = pickle.dumps((STATE_IDENT, method, args, kwds), pickle.HIGHEST_PROTOCOL)
-        assert wire.transport is not None
-        wire.transport.write(frame(payload))
-        if self._fd >= 0:
+        wire.write(frame(payload))
+        if not wire.closed:
             # On a busy CPU the supervisor often answers while our send() is still in
             # the kernel: the reply is already here. Taking it now saves the event
             # loop's poll and the task's wake-up, half the cost of an await.
             try:
                 data = os.read(self._fd, 1 << 18)
             except OSError:
-                pass  # not yet (EAGAIN), or a failure the transport will report
+                pass  # not yet (EAGAIN), or a failure the reader will report
             else:
                 if data:
                     wire.data_received(data)
+                else:
+                    wire.connection_lost(None)
         if waiter.done() and not waiter.exception():
             wire.waiter = None
             msg = waiter.result()
@@ -229,6 +308,8 @@ class AioConnection:
                 else:
                     raise Reclaimed(result) from None
             raise
+        except Disconnected:
+            raise  # disconnect() during the call: the caller's doing, not the task's
         except Exception as exc:
             self.close()
             since = None
@@ -289,25 +370,21 @@ class AioConnection:
         that arrived before the shutdown stay readable: if they make the whole reply,
         it was sent, and the caller must put it back or hand it on.
         """
-        fd = self._fileno()
-        if fd < 0:
+        if self._wire.closed:
             return None
-        sock = _socket.socket(fileno=fd)
+        sock = self._wire.sock
         try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            return None
+        while True:
             try:
-                sock.shutdown(_socket.SHUT_RD)
+                data = sock.recv(1 << 20)
             except OSError:
-                return None
-            while True:
-                try:
-                    data = sock.recv(1 << 20, _socket.MSG_DONTWAIT)
-                except OSError:
-                    break
-                if not data:
-                    break
-                self._wire.decoder.feed(data)
-        finally:
-            sock.detach()
+                break
+            if not data:
+                break
+            self._wire.decoder.feed(data)
         try:
             return self._wire.decoder.next_message()
         except ProtocolError:
@@ -337,20 +414,11 @@ async def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT)
     deadline = time.monotonic() + timeout
     since = time.time()
     sock = await _connect(path, pid, deadline, since)
-    wire = _Wire(ClientHandshake(_paths.authkey_from_token(token)))
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.create_unix_connection(lambda: wire, sock=sock)
-    except OSError as exc:
-        sock.close()
-        raise map_fault(exc, pid, "connecting", True, since) from None
+    wire = _Wire(sock, ClientHandshake(_paths.authkey_from_token(token)))
+    loop = wire.loop
     conn = AioConnection(pid, wire, token)
     waiter: asyncio.Future[bytes | None] = loop.create_future()
     wire.waiter = waiter
-    if wire.hs is None:  # pragma: no cover - the handshake finished inside connection_made
-        waiter.set_result(None)
-    elif wire.lost is not None:
-        waiter.set_exception(wire.lost)
     timer = loop.call_later(SILENT_PROBE, conn._probe, waiter, deadline)
     try:
         await waiter
@@ -401,18 +469,22 @@ async def _connect(path: str, pid: int, deadline: float, since: float) -> Any:
         raise
 
 
-async def adopt(conn: Any, pid: int) -> AioConnection:
-    """An :class:`AioConnection` over an already authenticated blocking connection
-    *conn* (a backend's, e.g. a remote pool's) whose descriptor is a stream socket."""
-    fd = os.dup(conn.fileno())
-    token = conn.token
-    conn.close()
+def adopt(conn: Any, pid: int) -> AioConnection:
+    """An :class:`AioConnection` (of the running loop) over an already authenticated
+    blocking connection *conn* (a backend's, e.g. a remote pool's) whose descriptor is a
+    stream socket; *conn* is closed."""
+    try:
+        fd = os.dup(conn.fileno())
+    finally:
+        conn.close()
     sock = socket.socket(fileno=fd)
-    sock.setblocking(False)
-    wire = _Wire(ClientHandshake(b""))
-    wire.hs = None
-    await asyncio.get_running_loop().create_unix_connection(lambda: wire, sock=sock)
-    return AioConnection(pid, wire, token)
+    try:
+        sock.setblocking(False)
+        wire = _Wire(sock, None)
+    except BaseException:
+        sock.close()
+        raise
+    return AioConnection(pid, wire, conn.token)
 
 
-__all__ = ["SETTLE_GRACE", "AioConnection", "Reclaimed", "adopt", "open_connection"]
+__all__ = ["SETTLE_GRACE", "AioConnection", "Disconnected", "Reclaimed", "adopt", "open_connection"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal as _signal
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
@@ -37,13 +36,19 @@ KEEP_IDLE = 4
 
 
 class AioConnectionCache:
-    """The asyncio connections of one task handle (see the module docstring)."""
+    """The asyncio connections of one task handle (see the module docstring).
+
+    Every open connection of this process is known here, busy or idle, so that
+    :meth:`close_loop` and :meth:`close_all` (``AsyncTask.disconnect()``) and the
+    handle's end (``__del__``) close them all, not just the idle ones.
+    """
 
     def __init__(self, pid: int, pool: TaskPool) -> None:
         self._pid = pid
         self._pool = pool
-        self._idle: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[AioConnection]] = (
-            weakref.WeakKeyDictionary())
+        self._idle: dict[asyncio.AbstractEventLoop, list[AioConnection]] = {}
+        #: every connection this handle opened and has not seen closed (busy and idle).
+        self._all: set[AioConnection] = set()
         self._token: bytes | None = None
 
     async def _open(self) -> AioConnection:
@@ -57,9 +62,9 @@ class AioConnectionCache:
                 # Proving death and sweeping wait on the socket and take a file lock:
                 # rare, and not worth a second, asynchronous copy.
                 raise await asyncio.to_thread(backend.gone, where, pid, exc) from None
-        # Another backend (a remote pool): its own connect, once, in a thread; the
-        # calls then run on the loop over the same socket.
-        return await adopt(await asyncio.to_thread(backend.connect, pid), pid)
+        # Another backend (a remote pool): its own connect (and handshake), in a thread;
+        # the calls then run on the loop over the same socket.
+        return adopt(await _in_thread(backend.connect, pid), pid)
 
     async def get(self) -> AioConnection:
         """An idle connection of this loop and process, or a new (bound) one."""
@@ -70,10 +75,14 @@ class AioConnectionCache:
             conn = idle.pop()
             if conn.owner_pid == me and not conn.closed:
                 return conn
+            self._all.discard(conn)
             if conn.owner_pid == me:
                 conn.close()
             # a forked child's copy of the parent's connection: not ours to close
+        if len(self._all) > 2 * KEEP_IDLE:
+            self._all = {c for c in self._all if not c.closed}
         conn = await self._open()
+        self._all.add(conn)
         self._bind(conn)
         return conn
 
@@ -81,18 +90,23 @@ class AioConnectionCache:
         if self._token is None:
             self._token = conn.token
         elif conn.token != self._token:
+            self._all.discard(conn)
             conn.close()
             raise TaskNotFoundError(f"task {self._pid} is gone: its pid now belongs to a newer task "
                                     f"(use bgtask.AsyncTask({self._pid}) for that one)", self._pid)
 
     def put(self, conn: AioConnection) -> None:
-        """Hand back *conn* after a call that ended in step."""
-        if conn.closed or conn.owner_pid != os.getpid():
+        """Hand back *conn* after a call (kept only if in step)."""
+        if conn.owner_pid != os.getpid():
+            return
+        if conn.closed:
+            self._all.discard(conn)
             return
         idle = self._idle.setdefault(conn.loop, [])
         if len(idle) < KEEP_IDLE:
             idle.append(conn)
         else:
+            self._all.discard(conn)
             conn.close()
 
     async def call(self, method: str, *args: Any, blocks_for: float | None = 0.0,
@@ -100,21 +114,62 @@ class AioConnectionCache:
         """Call *method* on the supervisor (see :meth:`AioConnection.call`)."""
         conn = await self.get()
         try:
-            result = await conn.call(method, args, kwds, blocks_for, on_cancel)
-        except BaseException:
-            self.put(conn)  # kept only if in step (the supervisor answered with an error)
-            raise
-        self.put(conn)
-        return result
+            return await conn.call(method, args, kwds, blocks_for, on_cancel)
+        finally:
+            # In step (an answer, or an error the supervisor answered with): kept.
+            # Interrupted (a cancellation, a failure): the call closed it; forgotten.
+            self.put(conn)
+
+    def close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close this process's connections of *loop* (busy ones too: their calls fail
+        with ``ConnectionAbortedError``) and its idle ones of every other loop."""
+        me = os.getpid()
+        for conn in list(self._all):
+            if conn.owner_pid == me and (conn.loop is loop or not conn.closed and _is_idle(self._idle, conn)):
+                conn.close()
+        self._forget_closed()
 
     def close_all(self) -> None:
-        """Close the connections of every loop (of this process)."""
+        """Close every connection of this process, busy or idle, in every loop."""
         me = os.getpid()
-        for conns in list(self._idle.values()):
-            for c in conns:
-                if c.owner_pid == me:
-                    c.close()
-        self._idle = weakref.WeakKeyDictionary()
+        for conn in list(self._all):
+            if conn.owner_pid == me:
+                conn.close()
+        self._forget_closed()
+
+    def _forget_closed(self) -> None:
+        self._all = {c for c in self._all if not c.closed}
+        self._idle = {loop: [c for c in conns if not c.closed]
+                      for loop, conns in self._idle.items() if not loop.is_closed()}
+
+    def __del__(self) -> None:
+        # A handle dropped with connections: close them, quietly (a socket left to the
+        # garbage collector warns; one registered with a loop would never be collected).
+        try:
+            me = os.getpid()
+            for conn in self._all:
+                if conn.owner_pid == me:
+                    conn.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _is_idle(idle: dict[asyncio.AbstractEventLoop, list[AioConnection]], conn: AioConnection) -> bool:
+    return conn in idle.get(conn.loop, ())
+
+
+async def _in_thread(func: Any, *args: Any) -> Any:
+    """``asyncio.to_thread(func, *args)`` for a *func* that returns a connection: if the
+    await is cancelled, the connection the thread still makes is closed, not dropped."""
+    fut = asyncio.get_running_loop().run_in_executor(None, func, *args)
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        def close(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                f.result().close()
+        fut.add_done_callback(close)
+        raise
 
 
 class AsyncTask:
@@ -191,8 +246,17 @@ class AsyncTask:
         return True
 
     def disconnect(self) -> None:
-        """Close this handle's connections."""
-        self._conns.close_all()
+        """Close this handle's connections, at once: in an event loop, all of that
+        loop's (a call still running on one fails with ``ConnectionAbortedError``) and
+        the idle ones of other loops; outside a loop, all of them. A call interrupted
+        by a cancellation closes its own connection, and a handle dropped with
+        connections closes them: this is for ending what is still open, earlier."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._conns.close_all()
+        else:
+            self._conns.close_loop(loop)
 
     async def call_remote_method(self, name: str, *args: Any, **kwds: Any) -> Any:
         """Call one of the exposed ``TaskState`` methods with raw wire values.
