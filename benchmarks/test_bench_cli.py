@@ -1,0 +1,82 @@
+"""Issue 12's bar "``bgtask ls``, empty pool, whole process <= 2.5x ``python -I -S -c
+pass``", measured as a user runs it: the ``bgtask`` console script of this interpreter's
+environment (a normal interpreter: ``site``, and with it whatever ``.pth`` files the
+environment has), beside both baselines in the same run, interleaved round by round:
+
+* ``python -I -S -c pass``: the issue's baseline (no ``site`` at all);
+* ``python -c pass``: the floor of any console script in this environment (``site``);
+* ``bgtask ls`` with ``$BGTASK_POOL`` naming a directory that does not exist;
+* ``bgtask --pool DIR ls`` on an existing, empty directory.
+
+Bytecode is written first (one warm-up run without ``PYTHONDONTWRITEBYTECODE``), as an
+installed package has it. The modules an empty ``ls`` imports are listed too (the heavy
+ones it must not need: dill, filelock, threading, multiprocessing, asyncio...). Results
+go to ``benchmarks/.scale-cli.json`` and the terminal; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import pytest
+from _common import HERE, PY
+
+ROUNDS = int(os.environ.get("BGTASK_BENCH_CLI_ROUNDS", "31"))
+_SCRIPT = os.path.join(os.path.dirname(PY), "bgtask")
+#: what an empty ``ls`` should not import (json and typing come with argparse's users).
+HEAVY = ("dill", "filelock", "threading", "concurrent.futures", "multiprocessing", "asyncio",
+         "subprocess", "socket", "tempfile", "shutil", "json", "typing")
+
+
+def _imported(env: dict[str, str]) -> list[str]:
+    code = ("import sys, bgtask.cli\nbgtask.cli.main(['ls'])\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stderr.split()
+
+
+@pytest.mark.benchmark(group="scale")
+@pytest.mark.skipif(not os.path.exists(_SCRIPT), reason="no bgtask console script beside this python")
+def test_ls_empty_pool() -> None:
+    tmp = tempfile.mkdtemp(prefix="bgc", dir="/tmp")
+    empty = os.path.join(tmp, "empty")
+    os.mkdir(empty)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["BGTASK_POOL"] = os.path.join(tmp, "missing")
+    env.pop("BGTASK_TEMPLATE", None)
+    commands = {
+        "bare_isolated_ms": [PY, "-I", "-S", "-c", "pass"],
+        "bare_site_ms": [PY, "-c", "pass"],
+        "ls_missing_ms": [_SCRIPT, "ls"],
+        "ls_empty_dir_ms": [_SCRIPT, "--pool", empty, "ls"],
+    }
+    try:
+        for argv in commands.values():  # bytecode written, caches warm
+            subprocess.run(argv, env=env, check=True, capture_output=True)
+        times: dict[str, list[float]] = {k: [] for k in commands}
+        r: dict[str, Any] = {"rounds": ROUNDS, "load_before": os.getloadavg()}
+        for _ in range(ROUNDS):
+            for key, argv in commands.items():
+                t0 = time.perf_counter()
+                subprocess.run(argv, env=env, check=True, capture_output=True)
+                times[key].append(time.perf_counter() - t0)
+        r.update({k: statistics.median(v) * 1000 for k, v in times.items()})
+        for ls in ("ls_missing_ms", "ls_empty_dir_ms"):
+            r[ls.replace("_ms", "_vs_isolated")] = r[ls] / r["bare_isolated_ms"]
+            r[ls.replace("_ms", "_vs_site")] = r[ls] / r["bare_site_ms"]
+        r["site_vs_isolated"] = r["bare_site_ms"] / r["bare_isolated_ms"]
+        r["heavy_imported"] = _imported(env)
+        r["load_after"] = os.getloadavg()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(HERE, ".scale-cli.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    print(json.dumps(r, indent=1), file=sys.stderr)
