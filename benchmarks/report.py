@@ -202,6 +202,60 @@ def rows(r: Results) -> list[list[str]]:
     return out
 
 
+def web_rows(r: Results) -> list[list[str]]:
+    """The web view in headless chromium (benchmarks/test_bench_web.py, issue 15)."""
+    out = []
+    lat = "test_web_line_latency"
+
+    def ms(name: str, key: str) -> str:
+        return _f(r.extra(name, key), ".1f", " ms")
+
+    p95 = r.extra(lat, "browser_p95_ms")
+    follow95, sse95 = r.extra(lat, "follow_p95_ms"), r.extra(lat, "sse_p95_ms")
+    res = "test_web_resume_after_drop"
+    lost, repeated = r.extra(res, "bytes_lost"), r.extra(res, "bytes_repeated")
+    resumed = None if lost is None or repeated is None else lost == 0 and repeated == 0
+    caught = r.extra(res, "caught_up_s")
+
+    def over(base: float | None) -> float | None:
+        return None if p95 is None or base is None else p95 - base
+
+    out.append([
+        f"web view: line latency (a line every {_f(r.extra(lat, 'period_ms'), '.0f', ' ms')}, "
+        f"{r.extra(lat, 'lines') or '?'} lines)",
+        f"bgtask follow() in another process p50 {ms(lat, 'follow_p50_ms')}, p95 {ms(lat, 'follow_p95_ms')}; "
+        f"SSE client without a browser (httpx) p50 {ms(lat, 'sse_p50_ms')}, p95 {ms(lat, 'sse_p95_ms')}",
+        f"in chromium's DOM p50 {ms(lat, 'browser_p50_ms')}, p95 {ms(lat, 'browser_p95_ms')}, "
+        f"max {ms(lat, 'browser_max_ms')}; after a dropped connection: {_f(lost, 'd')} bytes lost, "
+        f"{_f(repeated, 'd')} repeated, caught up {_f(caught and caught * 1e3, '.0f', ' ms')} after the "
+        "server was back",
+        f"p95 {_f(over(follow95), '+.1f', ' ms')} over follow()'s, {_f(over(sse95), '+.1f', ' ms')} over "
+        "the SSE client's",
+        "p95 <= 250 ms; nothing lost or repeated on resume",
+        _verdict(None if p95 is None or resumed is None else p95 <= 250 and resumed),
+    ])
+
+    big = "test_web_100mb_log"
+    opened, worst = r.extra(big, "log_100mb_median_s"), r.extra(big, "log_100mb_max_s")
+    sent, size = r.extra(big, "log_100mb_sent_max"), r.extra(big, "log_bytes")
+    small, static = r.extra(big, "log_1kb_median_s"), r.extra(big, "static_1mb_median_s")
+    tail = r.extra(big, "tail_get_median_s")
+    out.append([
+        f"web view: {_f(size and size / 1e6, '.0f', ' MB')} log opened in the browser "
+        f"(median of {r.extra(big, 'rounds') or '?'} rounds, taking turns)",
+        f"the task page of a 1 kB log {_f(small and small * 1e3, '.0f', ' ms')}; a static 1 MB text page "
+        f"{_f(static and static * 1e3, '.0f', ' ms')}; httpx GET of the 64 KiB tail window "
+        f"{_f(tail and tail * 1e3, '.1f', ' ms')}",
+        f"last line shown {_f(opened and opened * 1e3, '.0f', ' ms')} (worst {_f(worst and worst * 1e3, '.0f', ' ms')}), "
+        f"{_f(sent, ',d')} bytes sent",
+        f"{_f(_ratio(opened, small), '.2f')}x the 1 kB log's page, {_f(_ratio(opened, static), '.2f')}x the "
+        f"static 1 MB page; {_f(_ratio(sent, size), '.3%')} of the log sent",
+        "<= 1 s; <= 1 MB sent",
+        _verdict(None if opened is None or sent is None else opened <= 1.0 and sent <= 1_000_000),
+    ])
+    return out
+
+
 HEADER = ["what", "baselines (same run)", "bgtask", "ratio", "must reach", "reached"]
 
 
@@ -257,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in machine_lines(results, load):
         print(line)
     print()
-    table = rows(results)
+    table = rows(results) + web_rows(results)
     if args.rst:
         print_rst(table)
     else:
