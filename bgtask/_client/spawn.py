@@ -326,6 +326,9 @@ def start_supervisor(pool: str, spec: JobSpec) -> int | None:
             pass
         pid, final = _collect(proc.stdout.fileno())
         if final is None:
+            # Giving up: say so at once (the supervisor sees its report pipe closed and
+            # starts nothing), before waiting for what it may have said on stderr.
+            proc.stdout.close()
             err = _read_stderr(proc.stderr.fileno())
     finally:
         for f in (proc.stdin, proc.stdout, proc.stderr):

@@ -149,6 +149,10 @@ class Startup:
 
             if not slots.hold(self):
                 return  # queued: the service starts the job when a slot frees
+        if _spawner_gone():
+            # It gave up while we waited for a lock: starting the job now would leave a
+            # job nobody asked for any more behind its SpawnError.
+            raise StartError("gone", errno.EPIPE, "the spawner gave up", None)
         self.job = launch(cfg["argv"], cfg["env"], cfg["cwd"], self.lock_fd, (self.slot_fd,),
                           cfg.get("limits"))
         _paths.write_job_record(self.token_fd, self.job[0], _process.proc_start_time(self.job[0]))
@@ -163,6 +167,17 @@ class Startup:
             _paths.remove_if_mine(_paths.token_path(self.pool, self.pid))
             os.close(self.token_fd)
             self.token_fd = -1
+
+
+def _spawner_gone(fd: int = 1) -> bool:
+    """Has the spawner closed its end of our report channel (fd 1: a pipe, or the fork
+    server's connection)? A closed reader shows as POLLERR on a pipe's write end, and as
+    POLLHUP on a Unix stream socket; poll reports both whatever was asked."""
+    import select  # a built-in module: no cost worth deferring further
+
+    poller = select.poll()
+    poller.register(fd, 0)
+    return bool(poller.poll(0))
 
 
 def _detach_stdio() -> None:
