@@ -60,12 +60,7 @@ from bgtask.web import create_app  # noqa: E402
 if webhelpers.browser_missing():
     pytest.skip(f"web benchmarks: {webhelpers.browser_missing()}", allow_module_level=True)
 
-pytestmark = [
-    pytest.mark.benchmark(group="web view: in headless chromium"),
-    # as tests/test_web_browser.py: a stopped server leaves cancelled calls' connections to the GC
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = pytest.mark.benchmark(group="web view: in headless chromium")
 
 LINES = int(os.environ.get("BGTASK_BENCH_WEB_LINES", "200"))
 PERIOD = 0.05

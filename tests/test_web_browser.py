@@ -38,9 +38,6 @@ from bgtask.web import create_app  # noqa: E402
 
 pytestmark = [
     pytest.mark.timeout(60),
-    # see tests/test_web_api.py: AsyncTask leaves a cancelled call's connection to the GC
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
     pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing())),
 ]
 CORPUS = [
