@@ -203,3 +203,98 @@ def test_master_shared_and_no_fallback(remote: bgtask.TaskPool, server: sshd.Ser
     assert server.master_pids() == masters
     ctl = sshmux.control_path(remote.backend.target)  # type: ignore[attr-defined]
     assert oct(os.stat(os.path.dirname(ctl)).st_mode & 0o777) == "0o700"
+
+
+def test_async_every_verb(remote: bgtask.TaskPool) -> None:
+    import asyncio
+
+    apool = bgtask.AsyncTaskPool(str(remote))
+    assert str(apool) == str(remote)
+
+    async def main() -> None:
+        task = await apool.spawn(["sh", "-c", "echo out; read x; echo got $x; echo err >&2"],
+                                 env={"FOO": "bar"}, meta={"name": "a"})
+        assert str(task.pool) == str(remote)
+        assert (await task.info())["meta"] == {"name": "a"}
+        assert await task.stream("stdin").write(b"abc\n") == 4
+        await task.stream("stdin").close()
+        got = b"".join([c async for c in task.stream("stdout").follow()])
+        assert got == b"out\ngot abc\n"
+        assert await task.wait(10) == 0
+        assert await task.stream("stderr").read(0) == b"err\n"
+        assert await task.apply_meta(k=1) == {"name": "a", "k": 1}
+        assert [t.pid for t in await apool.search(meta={"name": "a"})] == [task.pid]
+        code = ("import bgtask\nt = bgtask.current()\n"
+                "for m in t.stream('control'):\n    t.stream('data').write({'echo': m}); break\n")
+        talker = await apool.spawn([remote.backend.python, "-c", code])  # type: ignore[attr-defined]
+        await talker.stream("control").write([1, "two"])
+        assert [m async for m in talker.stream("data").follow()] == [{"echo": [1, "two"]}]
+        sleeper = await apool.spawn(["sleep", "30"])
+        assert await sleeper.pause() and await sleeper.state() == "paused"
+        assert await sleeper.resume() and await sleeper.state() == "running"
+        assert await sleeper.kill("TERM") and await sleeper.wait(10) == -signal.SIGTERM
+        # a follow cancelled mid-call over the forward: closed at once, the task goes on
+        waiter = asyncio.ensure_future(task.stream("stdout").follow(0).__anext__())
+        assert await waiter == b"out\ngot abc\n"
+        await talker.wait(10)
+        assert sorted(await apool.clean()) == sorted([task.pid, talker.pid, sleeper.pid])
+        assert await apool.search() == []
+        with pytest.raises(bgtask.TaskNotFoundError):
+            await bgtask.AsyncTask(task.pid, apool).info(fresh=True)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        apool.sync.backend.close()  # type: ignore[attr-defined]
+
+
+def test_async_follow_survives_a_killed_master_and_cancels_cleanly(remote: bgtask.TaskPool,
+                                                                    server: sshd.Server) -> None:
+    import asyncio
+
+    apool = bgtask.AsyncTaskPool(remote)
+
+    async def main() -> None:
+        task = await apool.spawn(["sh", "-c", "i=0; while [ $i -lt 40 ]; do echo line$i; i=$((i+1)); "
+                                  "sleep 0.05; done"])
+        got = b""
+        killed = False
+        async for chunk in task.stream("stdout").follow():
+            got += chunk
+            if not killed and got.count(b"\n") >= 5:
+                for pid in server.master_pids():
+                    os.kill(pid, signal.SIGKILL)
+                killed = True
+        assert killed
+        assert got == b"".join(b"line%d\n" % i for i in range(40))
+        # A follow cancelled mid-call through the forward: its socket closed at once.
+        sleeper = await apool.spawn(["sleep", "30"])
+        fds = len(os.listdir("/proc/self/fd"))
+        pending = asyncio.ensure_future(sleeper.stream("stdout").follow().__anext__())
+        await asyncio.sleep(0.5)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert len(os.listdir("/proc/self/fd")) <= fds
+        assert await sleeper.state() == "running"
+        sleeper.disconnect()
+        await sleeper.delete()
+        await task.delete()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_async_unreachable_host(server: sshd.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    apool = bgtask.AsyncTaskPool(f"ssh://{sshd.USER}@127.0.0.1:{sshd._free_port()}/tmp/x")
+
+    async def main() -> None:
+        for call in (apool.search, lambda: apool.spawn(["true"]),
+                     lambda: bgtask.AsyncTask(1, apool).info()):
+            with pytest.raises(bgtask.HostUnreachableError, match="refused"):
+                await call()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

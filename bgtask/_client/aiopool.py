@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bgtask._client import requests as _req
-from bgtask._client.aiotask import AsyncTask
+from bgtask._client.aiotask import AsyncTask, is_local, off_loop
 from bgtask._client.pool import TaskPool
 from bgtask._client.spawn import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT, build_spec
 from bgtask._errors import AccessDeniedError, TaskNotFoundError, TaskUnresponsiveError
@@ -83,8 +83,10 @@ class AsyncTaskPool:
         server, an ssh host) owns how supervisors start.
         """
         backend = self._sync.backend
-        if options:
-            # Options of a newer spawn (operations) are checked by the blocking one.
+        if options or not is_local(backend):
+            # Options of a newer spawn (operations) are checked by the blocking one; a
+            # remote pool's spec needs the far side's environment and home (its bridge,
+            # an ssh session started on first need): all of it in the thread, not the loop.
             task = await asyncio.to_thread(
                 self._sync.spawn, argv, env=env, cwd=cwd, meta=meta, retain_output=retain_output,
                 max_buffer=max_buffer, on_full=on_full, shell=shell, lock=lock, **options)
@@ -102,11 +104,11 @@ class AsyncTaskPool:
 
     async def _live_tasks(self) -> list[AsyncTask]:
         backend = self._sync.backend
-        pids = backend.pids()
+        pids = await off_loop(backend, backend.pids)
         if not pids:
             return []
         known: list[AsyncTask] = []
-        for pid, raw in backend.records(pids).items():
+        for pid, raw in (await off_loop(backend, backend.records, pids)).items():
             task = AsyncTask(pid, self._sync)
             task._keep_info(raw)
             known.append(task)
@@ -122,7 +124,7 @@ class AsyncTaskPool:
                     await asyncio.to_thread(backend.sweep, pid)
                     return None
                 except TaskUnresponsiveError as exc:
-                    task._info = backend.unresponsive_info(pid, exc.since)
+                    task._info = await off_loop(backend, backend.unresponsive_info, pid, exc.since)
                 except AccessDeniedError:
                     return None
                 finally:

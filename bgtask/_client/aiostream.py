@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from bgtask._client import codec as _codec
 from bgtask._client import requests as _req
 from bgtask._client.aioconn import Reclaimed
-from bgtask._client.stream import FOLLOW_CHUNK, FOLLOW_SLICE, STDIN_CHUNK, Stream
-from bgtask._errors import BgTaskError
+from bgtask._client.stream import FOLLOW_CHUNK, FOLLOW_RECONNECTS, FOLLOW_SLICE, STDIN_CHUNK, Stream
+from bgtask._errors import BgTaskError, HostUnreachableError, OutputGoneError
 from bgtask._wire.names import MESSAGE_STREAMS
 
 if TYPE_CHECKING:
@@ -127,10 +127,14 @@ class AsyncStream:
             parts.append(more)
         return _req.decode_read(self.is_messages, parts)
 
-    async def _consume(self, timeout: float | None,
-                       max_bytes: int | None) -> tuple[list[Any], int, bool]:
+    async def _consume(self, timeout: float | None, max_bytes: int | None,
+                       start: int | None = None) -> tuple[list[Any], int, bool]:
         """Consume what is unread (waiting up to *timeout* for it): the replies' data,
-        where the consumed range ends, and whether the stream has ended there."""
+        where the consumed range ends, and whether the stream has ended there.
+
+        :param start: read from there, not from the read cursor (follow() after a
+            dropped ssh connection: a reply lost with it had consumed its range).
+        """
         name = self._name
         held = self._task._held.pop(name, b"")
         parts: list[Any] = [held] if held else []
@@ -140,8 +144,9 @@ class AsyncStream:
             while True:
                 try:
                     _p, end_at, data, limit, eof = await self._call(
-                        "stream_read", *_req.read_args(name, None, None, True, 0.0, max_bytes),
+                        "stream_read", *_req.read_args(name, start, None, True, 0.0, max_bytes),
                         on_cancel="reclaim")
+                    start = None
                 except Reclaimed as rec:
                     _p, end_at, data, _l, _e = rec.result
                     if data:
@@ -201,18 +206,37 @@ class AsyncStream:
 
     async def _follow(self, pos: int | None) -> AsyncIterator[Any]:
         consume = pos is None
+        last: int | None = None  # where the last read ended
+        drops = 0
         while True:
-            if consume:
-                parts, end_at, eof = await self._consume(FOLLOW_SLICE, FOLLOW_CHUNK)
-                if self.is_messages:
-                    data: Any = [blob for part in parts for blob in part]
+            try:
+                if consume:
+                    # After a dropped ssh connection (a remote pool; the job goes on), on
+                    # from where the last read ended, as the blocking follow() does.
+                    parts, end_at, eof = await self._consume(FOLLOW_SLICE, FOLLOW_CHUNK,
+                                                             last if drops else None)
+                    if self.is_messages:
+                        data: Any = [blob for part in parts for blob in part]
+                    else:
+                        data = parts[0] if len(parts) == 1 else b"".join(parts)
                 else:
-                    data = parts[0] if len(parts) == 1 else b"".join(parts)
-            else:
-                _p, end_at, data, _l, eof = await self._call(
-                    "stream_read", *_req.read_args(self._name, pos, None, False, FOLLOW_SLICE,
-                                                   FOLLOW_CHUNK), blocks_for=FOLLOW_SLICE)
-                pos = end_at
+                    _p, end_at, data, _l, eof = await self._call(
+                        "stream_read", *_req.read_args(self._name, pos, None, False, FOLLOW_SLICE,
+                                                       FOLLOW_CHUNK), blocks_for=FOLLOW_SLICE)
+                    pos = end_at
+            except HostUnreachableError:
+                drops += 1
+                if drops > FOLLOW_RECONNECTS:
+                    raise
+                await asyncio.sleep(min(1.0, 0.05 * 2 ** drops))
+                continue
+            except OutputGoneError:
+                if not (drops and consume):
+                    raise
+                drops = 0  # no longer retained: on from the read cursor
+                continue
+            drops = 0
+            last = end_at
             if not data:
                 if eof:
                     return

@@ -2,175 +2,28 @@
 :class:`~bgtask.Task` (same names, arguments and semantics; checks, request building
 and reply decoding shared through ``_client/requests.py``).
 
-Its connections live in :class:`AioConnectionCache`: per event loop (a socket is
-registered with one loop), per process (never used across ``fork``), several per loop
-(each carries one call at a time, and coroutines of one loop call concurrently), bound
-to the supervisor first reached like the blocking cache, and a connection left mid-call
-by a cancellation or a failure is closed, never handed out again.
+Its connections live in an :class:`~bgtask._client.aiocache.AioConnectionCache`
+(per event loop and process, several per loop, closed at once when a call is
+interrupted, all of them by :meth:`AsyncTask.disconnect` or when the handle is dropped).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal as _signal
 from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
 from bgtask._client import requests as _req
-from bgtask._client.aioconn import AioConnection, adopt, open_connection
-from bgtask._client.local import LocalBackend
+from bgtask._client.aiocache import AioConnectionCache, is_local, off_loop
 from bgtask._client.pool import TaskPool
 from bgtask._client.stream import stream_name
 from bgtask._client.task import Task, signal_number
-from bgtask._errors import TaskNotFoundError
 from bgtask._wire.names import EXPOSED
 
 if TYPE_CHECKING:
     from bgtask._client.aiopool import AsyncTaskPool
     from bgtask._client.aiostream import AsyncStream
-
-#: idle connections kept per event loop and task (more concurrent calls open more, and
-#: close them after).
-KEEP_IDLE = 4
-
-
-class AioConnectionCache:
-    """The asyncio connections of one task handle (see the module docstring).
-
-    Every open connection of this process is known here, busy or idle, so that
-    :meth:`close_loop` and :meth:`close_all` (``AsyncTask.disconnect()``) and the
-    handle's end (``__del__``) close them all, not just the idle ones.
-    """
-
-    def __init__(self, pid: int, pool: TaskPool) -> None:
-        self._pid = pid
-        self._pool = pool
-        self._idle: dict[asyncio.AbstractEventLoop, list[AioConnection]] = {}
-        #: every connection this handle opened and has not seen closed (busy and idle).
-        self._all: set[AioConnection] = set()
-        self._token: bytes | None = None
-
-    async def _open(self) -> AioConnection:
-        backend = self._pool.backend
-        pid = self._pid
-        if isinstance(backend, LocalBackend):
-            where = backend.locate(pid)
-            try:
-                return await open_connection(where, pid)
-            except TaskNotFoundError as exc:
-                # Proving death and sweeping wait on the socket and take a file lock:
-                # rare, and not worth a second, asynchronous copy.
-                raise await asyncio.to_thread(backend.gone, where, pid, exc) from None
-        # Another backend (a remote pool): its own connect (and handshake), in a thread;
-        # the calls then run on the loop over the same socket.
-        return adopt(await _in_thread(backend.connect, pid), pid)
-
-    async def get(self) -> AioConnection:
-        """An idle connection of this loop and process, or a new (bound) one."""
-        loop = asyncio.get_running_loop()
-        idle = self._idle.get(loop)
-        me = os.getpid()
-        while idle:
-            conn = idle.pop()
-            if conn.owner_pid == me and not conn.closed:
-                return conn
-            self._all.discard(conn)
-            if conn.owner_pid == me:
-                conn.close()
-            # a forked child's copy of the parent's connection: not ours to close
-        if len(self._all) > 2 * KEEP_IDLE:
-            self._all = {c for c in self._all if not c.closed}
-        conn = await self._open()
-        self._all.add(conn)
-        self._bind(conn)
-        return conn
-
-    def _bind(self, conn: AioConnection) -> None:
-        if self._token is None:
-            self._token = conn.token
-        elif conn.token != self._token:
-            self._all.discard(conn)
-            conn.close()
-            raise TaskNotFoundError(f"task {self._pid} is gone: its pid now belongs to a newer task "
-                                    f"(use bgtask.AsyncTask({self._pid}) for that one)", self._pid)
-
-    def put(self, conn: AioConnection) -> None:
-        """Hand back *conn* after a call (kept only if in step)."""
-        if conn.owner_pid != os.getpid():
-            return
-        if conn.closed:
-            self._all.discard(conn)
-            return
-        idle = self._idle.setdefault(conn.loop, [])
-        if len(idle) < KEEP_IDLE:
-            idle.append(conn)
-        else:
-            self._all.discard(conn)
-            conn.close()
-
-    async def call(self, method: str, *args: Any, blocks_for: float | None = 0.0,
-                   on_cancel: str = "close", **kwds: Any) -> Any:
-        """Call *method* on the supervisor (see :meth:`AioConnection.call`)."""
-        conn = await self.get()
-        try:
-            return await conn.call(method, args, kwds, blocks_for, on_cancel)
-        finally:
-            # In step (an answer, or an error the supervisor answered with): kept.
-            # Interrupted (a cancellation, a failure): the call closed it; forgotten.
-            self.put(conn)
-
-    def close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close this process's connections of *loop* (busy ones too: their calls fail
-        with ``ConnectionAbortedError``) and its idle ones of every other loop."""
-        me = os.getpid()
-        for conn in list(self._all):
-            if conn.owner_pid == me and (conn.loop is loop or not conn.closed and _is_idle(self._idle, conn)):
-                conn.close()
-        self._forget_closed()
-
-    def close_all(self) -> None:
-        """Close every connection of this process, busy or idle, in every loop."""
-        me = os.getpid()
-        for conn in list(self._all):
-            if conn.owner_pid == me:
-                conn.close()
-        self._forget_closed()
-
-    def _forget_closed(self) -> None:
-        self._all = {c for c in self._all if not c.closed}
-        self._idle = {loop: [c for c in conns if not c.closed]
-                      for loop, conns in self._idle.items() if not loop.is_closed()}
-
-    def __del__(self) -> None:
-        # A handle dropped with connections: close them, quietly (a socket left to the
-        # garbage collector warns; one registered with a loop would never be collected).
-        try:
-            me = os.getpid()
-            for conn in self._all:
-                if conn.owner_pid == me:
-                    conn.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-
-def _is_idle(idle: dict[asyncio.AbstractEventLoop, list[AioConnection]], conn: AioConnection) -> bool:
-    return conn in idle.get(conn.loop, ())
-
-
-async def _in_thread(func: Any, *args: Any) -> Any:
-    """``asyncio.to_thread(func, *args)`` for a *func* that returns a connection: if the
-    await is cancelled, the connection the thread still makes is closed, not dropped."""
-    fut = asyncio.get_running_loop().run_in_executor(None, func, *args)
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        def close(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled() and f.exception() is None:
-                f.result().close()
-        fut.add_done_callback(close)
-        raise
-
 
 class AsyncTask:
     """The awaitable twin of :class:`~bgtask.Task`: a cheap handle on the task whose
@@ -382,7 +235,7 @@ class AsyncTask:
         if timeout is None:
             timeout = _req.grace_of(await self.info(fresh=True))
         backend = self._sync.pool.backend
-        start_time = backend.start_time(self._pid)
+        start_time = await off_loop(backend, backend.start_time, self._pid)
         conn = await self._conns.get()
         try:
             await conn.call("delete", (float(timeout),), {}, timeout + 12.0, "settle")
@@ -392,9 +245,12 @@ class AsyncTask:
             conn.close()
             self._conns.close_all()
         loop = asyncio.get_running_loop()
-        until = loop.time() + 5.0
-        while not backend.wait_gone(self._pid, start_time, 0.0) and loop.time() < until:
-            await asyncio.sleep(0.005)
+        if not is_local(backend):  # one round trip that waits there, not a poll from here
+            await asyncio.to_thread(backend.wait_gone, self._pid, start_time, 5.0)
+        else:
+            until = loop.time() + 5.0
+            while not backend.wait_gone(self._pid, start_time, 0.0) and loop.time() < until:
+                await asyncio.sleep(0.005)
         self._info = None
 
     async def usage(self) -> dict[str, Any]:
@@ -420,4 +276,4 @@ def current_async() -> AsyncTask | None:
     return None if task is None else AsyncTask(task.pid, task.pool)
 
 
-__all__ = ["AioConnectionCache", "AsyncTask", "current_async"]
+__all__ = ["AsyncTask", "current_async"]
