@@ -228,6 +228,31 @@ def test_current_async_inside_a_job(pool: bgtask.TaskPool) -> None:
     task.delete()
 
 
+def test_clean_deletes_concurrently_and_bounded(pool: bgtask.TaskPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bgtask._client import aiopool
+
+    monkeypatch.setattr(aiopool, "CLEAN_CONCURRENCY", 8)
+    tasks = [pool.spawn(py("pass")) for _ in range(40)]
+    for t in tasks:
+        assert t.wait(10) == 0
+    running = [0, 0]
+    real = bgtask.AsyncTask.delete
+
+    async def counted(self: bgtask.AsyncTask, timeout: float | None = None) -> None:
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await real(self, timeout)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(bgtask.AsyncTask, "delete", counted)
+    cleaned = run(bgtask.AsyncTaskPool(pool).clean())
+    assert sorted(cleaned) == sorted(t.pid for t in tasks)
+    assert running[1] == 8  # concurrent, and never more than the bound
+    assert pool.search() == []
+
+
 def _sockets() -> int:
     n = 0
     for fd in os.listdir("/proc/self/fd"):

@@ -22,6 +22,9 @@ from bgtask._errors import AccessDeniedError, TaskNotFoundError, TaskUnresponsiv
 #: connections ``search()`` opens at once (each is a thread in its supervisor for the
 #: call; the blocking search asks 8 at a time from 8 threads).
 SEARCH_CONCURRENCY = 64
+#: deletes ``clean()`` runs at once (each holds a connection until its supervisor exits:
+#: all of them at once would be one fd and one supervisor thread per task, unbounded).
+CLEAN_CONCURRENCY = 32
 
 
 class AsyncTaskPool:
@@ -136,18 +139,25 @@ class AsyncTaskPool:
         return sorted(found, key=lambda t: t.pid)
 
     async def clean(self) -> list[int]:
-        """Delete every finished task of the caller; returns their pids."""
+        """Delete every finished task of the caller; returns their pids.
+
+        The deletes run concurrently in the loop, :data:`CLEAN_CONCURRENCY` at a time.
+        """
         finished = [t for t in await self._live_tasks() if _req.cleanable(await t.info())]
+        gate = asyncio.Semaphore(CLEAN_CONCURRENCY)
 
         async def delete(task: AsyncTask) -> int | None:
-            try:
-                await task.delete()
-            except TaskNotFoundError:
-                return None
+            async with gate:
+                try:
+                    await task.delete()
+                except TaskNotFoundError:
+                    return None
+                finally:
+                    task.disconnect()
             return task.pid
 
         done = await asyncio.gather(*(delete(t) for t in finished))
         return [pid for pid in done if pid is not None]
 
 
-__all__ = ["SEARCH_CONCURRENCY", "AsyncTaskPool"]
+__all__ = ["CLEAN_CONCURRENCY", "SEARCH_CONCURRENCY", "AsyncTaskPool"]
