@@ -256,6 +256,42 @@ def web_rows(r: Results) -> list[list[str]]:
     return out
 
 
+def async_rows(r: Results) -> list[list[str]]:
+    """The asyncio API beside the blocking one (benchmarks/test_bench_async.py, issue 16)."""
+    out = []
+
+    def us(value: Any) -> str:
+        return _f(value and value * 1e6, ".1f", " us")
+
+    for placement, where in (("same-cpu", "one CPU (client and supervisor pinned to it)"),
+                             ("two-cpus", "two CPUs (one each)")):
+        name = f"test_async_info_interleaved[{placement}]"
+        blocking, aio = r.extra(name, "blocking_median_s"), r.extra(name, "async_median_s")
+        thread = r.extra(name, "to_thread_median_s")
+        ratio = _ratio(aio, blocking)
+        out.append([
+            f"asyncio: await info(fresh=True), connected, {where}",
+            f"blocking info(fresh=True) {us(blocking)}; await asyncio.to_thread(task.info, fresh=True) "
+            f"{us(thread)} = {_f(_ratio(thread, blocking), '.2f')}x",
+            f"await AsyncTask.info(fresh=True) {us(aio)}",
+            f"{_f(ratio, '.2f')}x the blocking call; {_f(_ratio(aio, thread), '.0%')} of to_thread's",
+            "<= 2x the blocking call (to_thread: <= 4x)",
+            _verdict(None if ratio is None else ratio <= 2.0),
+        ])
+    name = "test_async_search_100"
+    blocking, aio = r.extra(name, "blocking_median_s"), r.extra(name, "async_median_s")
+    ratio = _ratio(aio, blocking)
+    out.append([
+        "asyncio: search() over 100 live tasks, every one asked (records unused)",
+        f"blocking search() (8 threads) {_f(blocking and blocking * 1e3, '.1f', ' ms')}",
+        f"await AsyncTaskPool.search(), one loop, no thread {_f(aio and aio * 1e3, '.1f', ' ms')}",
+        f"{_f(ratio, '.2f')}x the blocking search()",
+        "<= the blocking search()",
+        _verdict(None if ratio is None else ratio <= 1.0),
+    ])
+    return out
+
+
 HEADER = ["what", "baselines (same run)", "bgtask", "ratio", "must reach", "reached"]
 
 
@@ -311,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in machine_lines(results, load):
         print(line)
     print()
-    table = rows(results) + web_rows(results)
+    table = rows(results) + web_rows(results) + async_rows(results)
     if args.rst:
         print_rst(table)
     else:
