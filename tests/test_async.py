@@ -263,8 +263,10 @@ def _sockets() -> int:
     return n
 
 
-def test_connections_closed_at_once_not_by_the_gc(pool: bgtask.TaskPool) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_connections_closed_at_once_not_by_the_gc(pool: bgtask.TaskPool, loop: str) -> None:
     # filterwarnings=error: a socket left to the garbage collector would fail this test.
+    runner = pytest.importorskip("uvloop").run if loop == "uvloop" else run
     task = pool.spawn(py("import time; time.sleep(30)"))
 
     async def main() -> bgtask.AsyncTask:
@@ -290,7 +292,7 @@ def test_connections_closed_at_once_not_by_the_gc(pool: bgtask.TaskPool) -> None
         assert (await atask.info(fresh=True))["pid"] == task.pid  # usable after it
         return atask  # with one idle connection, out of its loop
 
-    atask = run(main())  # the loop is closed now
+    atask = runner(main())  # the loop is closed now
     before = _sockets()
     del atask  # dropped: its connection is closed quietly (a socket the gc closes warns)
     gc.collect()  # (the cancelled calls' tracebacks hold main's frame, and atask with it)
