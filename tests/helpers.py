@@ -60,9 +60,36 @@ def pid_alive(pid: int) -> bool:
     return data[data.rfind(b")") + 2 : data.rfind(b")") + 3] != b"Z"
 
 
+def _holds_a_file_in(pid: int, pool: str) -> bool:
+    """Does *pid* hold a file of *pool* open, and none of a fork server's (``.tpl-*``)?
+
+    A supervisor forked from the template (``_supervisor/template.py``) keeps the
+    template's command line, which names no pool; but it holds its token file (flock'd
+    for life) or, while it makes its files, the pool's sweep lock. The template itself
+    holds its ``.tpl-*`` files: it is nobody's task and exits by itself when idle.
+    """
+    prefix = os.path.join(pool, "")
+    held = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix):
+                held.append(os.path.basename(target))
+    except OSError:
+        return False
+    return bool(held) and not any(name.startswith(".tpl-") for name in held)
+
+
 def processes_of_pool(pool: str) -> list[tuple[int, str]]:
-    """Live processes that belong to *pool*: supervisors (the pool path is in their
-    command line) and jobs (BGTASK_POOL=<pool> in their environment), except us."""
+    """Live processes that belong to *pool*, except us: supervisors (started fresh, the
+    pool path is in their command line; forked from the template, they hold a file of
+    the pool: see :func:`_holds_a_file_in`) and jobs (BGTASK_POOL=<pool> in their
+    environment)."""
+    from bgtask._wire.names import SUPERVISOR_MARKER
+
     me = os.getpid()
     needle_env = b"BGTASK_POOL=" + os.fsencode(pool) + b"\0"
     needle_cmd = os.fsencode(pool)
@@ -73,7 +100,8 @@ def processes_of_pool(pool: str) -> list[tuple[int, str]]:
         pid = int(name)
         cmd = _read(f"/proc/{pid}/cmdline")
         env = _read(f"/proc/{pid}/environ")
-        if (needle_cmd in cmd.split(b"\0")) or (needle_env in env) or env.endswith(needle_env[:-1]):
+        if ((needle_cmd in cmd.split(b"\0")) or (needle_env in env) or env.endswith(needle_env[:-1])
+                or (SUPERVISOR_MARKER in cmd and _holds_a_file_in(pid, pool))):
             if pid_alive(pid):
                 found.append((pid, cmd.replace(b"\0", b" ").decode(errors="replace")[:150]))
     return found

@@ -19,6 +19,8 @@ Only the caller's own files are ever touched, never another user's, not even by 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 import time
@@ -43,8 +45,34 @@ class SweepReport(NamedTuple):
 
 
 def is_supervisor(pid: int) -> bool:
-    """Does *pid* run a bgtask supervisor (by its command line)?"""
+    """Does *pid* run a bgtask supervisor (by its command line)?
+
+    A supervisor started fresh has the boot line on its command line; one forked from
+    the fork server keeps the server's, which names ``bgtask._supervisor.template``:
+    both carry the marker. So does the fork server itself, and another pool's
+    supervisor: this alone does not say *whose* supervisor a pid is (see
+    :func:`_token_held`).
+    """
     return _process.proc_cmdline_has(pid, SUPERVISOR_MARKER)
+
+
+def _token_held(pool: str, pid: int) -> bool:
+    """Is ``<pid>.token`` in *pool* flock'd? Its supervisor takes the lock right after
+    creating the file and holds it for life (the kernel drops it when it dies), so a
+    free lock on an old token file proves that nobody stands behind it, whatever
+    process has that pid now (a reused pid can be another supervisor, or the fork
+    server, with the same marker on its command line)."""
+    try:
+        fd = _paths.open_private(_paths.token_path(pool, pid), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # also releases our shared lock, if we got it
+    return False
 
 
 def sweep(pool: str, pid: int, force_if_silent: bool = False) -> SweepReport | None:
@@ -106,10 +134,10 @@ def sweep_orphan_tokens(pool: str) -> None:
         if not _paths.is_mine(st):
             continue
         # No socket beside the token: the supervisor died while starting -- or is
-        # starting right now. Only a pid that is gone, or that is (after the grace
-        # time) some other program than a supervisor, proves it dead.
+        # starting right now. Only a pid that is gone, or (after the grace time) one
+        # that is not a supervisor or does not hold this token's lock, proves it dead.
         if _process.is_gone(pid) or (time.time() - st.st_mtime > STARTING_GRACE
-                                     and not is_supervisor(pid)):
+                                     and not (is_supervisor(pid) and _token_held(pool, pid))):
             sweep(pool, pid, force_if_silent=True)
 
 
