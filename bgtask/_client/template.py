@@ -5,10 +5,11 @@ starting one if there is none, and returns the connection on which the forked
 supervisor reports (exactly as a fresh one reports on its stdout). ``None`` means "no
 template": the caller starts a fresh interpreter instead, which always works.
 
-Opt-in for now: ``$BGTASK_TEMPLATE=1`` turns it on for this caller. Off by default
-until tools that recognise a supervisor by the pool path on its command line (the test
-suite's leak checks among them) learn another way: a forked supervisor's command line
-is the template's, which names no pool.
+Opt-in for now: ``$BGTASK_TEMPLATE=1`` turns it on for this caller (``0`` or unset:
+off). A forked supervisor's command line is the template's, which names no pool: tools
+that recognise a supervisor by the pool path on its command line must look at the
+pool's files instead (the test suite's leak checks do: ``tests/helpers.py``). What
+keeps it off by default is in BENCHMARKS.rst, "Thousands of tasks".
 """
 
 from __future__ import annotations
