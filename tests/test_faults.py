@@ -633,7 +633,7 @@ def test_a_new_supervisor_replaces_stale_files_under_its_own_pid(pool: bgtask.Ta
     """The pid of a dead supervisor comes round again: the new supervisor (here a forked
     child of the test, which knows its pid in advance) takes over the name."""
     from bgtask._supervisor import boot as _supervisor
-    from bgtask._supervisor import server as _server
+    from bgtask._supervisor import main_loop
 
     p = str(pool.path)
     cfg = build_spec(pool.backend, ["sleep", "60"], meta={"who": "new"}, retain_output=0,
@@ -646,7 +646,7 @@ def test_a_new_supervisor_replaces_stale_files_under_its_own_pid(pool: bgtask.Ta
             os.read(r, 1)
             startup = _supervisor.Startup(p, cfg)
             startup.start()
-            _server.serve(startup)
+            main_loop.serve(startup)
         finally:
             os._exit(0)
     os.close(r)

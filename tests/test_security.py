@@ -71,7 +71,7 @@ def _preload() -> None:
 
     import bgtask._supervisor.boot  # noqa: F401
     import bgtask._supervisor.launch  # noqa: F401
-    import bgtask._supervisor.server  # noqa: F401
+    import bgtask._supervisor.main_loop  # noqa: F401
 
 
 def run_as(uid: int, code: str, *args: str) -> str:
@@ -121,7 +121,7 @@ class UserTask:
 
     def __init__(self, uid: int, pool: str, argv: list[str]) -> None:
         from bgtask._supervisor import boot as _supervisor
-        from bgtask._supervisor import server as _server
+        from bgtask._supervisor import main_loop
 
         _preload()
         cfg = build_spec(bgtask.TaskPool(pool).backend, argv, cwd="/", meta={"who": "other"},
@@ -137,7 +137,7 @@ class UserTask:
                 assert startup.job is not None
                 os.write(w, str(startup.job[0]).encode())
                 os.close(w)
-                _server.serve(startup)
+                main_loop.serve(startup)
             finally:
                 os._exit(1)
         os.close(w)

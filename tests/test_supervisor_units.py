@@ -9,10 +9,10 @@ import pytest
 
 import bgtask
 from bgtask._supervisor.errors import CALLER_CHECKS, InternalError, is_caller_error
-from bgtask._supervisor.job import EXITED, RUNNING
 from bgtask._supervisor.lock import StateLock
 from bgtask._supervisor.outputs import Outputs
 from bgtask._supervisor.server import TaskServer
+from bgtask._supervisor.states import EXITED, RUNNING
 from bgtask._supervisor.stdin import STDIN_BUFFER, StdinQueue
 from bgtask._wire.names import EXPOSED, STATE_IDENT
 

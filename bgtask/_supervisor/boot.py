@@ -16,8 +16,9 @@ messages are opaque blobs to it). Then :func:`main`:
    files -- on stdout, which the caller of ``spawn`` reads, and detaches from the caller's
    pipes;
 5. only then imports threading and ``multiprocessing.managers`` and serves
-   (``_state.py``, ``_server.py``). A client that connects earlier waits in the listen
-   backlog: the socket is bound before ``spawn`` returns.
+   (``main_loop.py``: the service, the server, the main thread's loop). A client that
+   connects earlier waits in the listen backlog: the socket is bound before ``spawn``
+   returns.
 
 Nothing here imports more than ``os``, ``marshal``, ``fcntl``, ``_socket`` and ``signal``
 before the report: the caller of ``spawn`` is waiting.
@@ -242,9 +243,9 @@ def run(pool: str, data: bytes) -> None:
         # False); the supervisor never uses it, and not importing it saves ~1 MB per
         # supervisor (secrets, resource_tracker, mmap...).
         sys.modules.setdefault("multiprocessing.shared_memory", None)  # type: ignore[arg-type]
-        from bgtask._supervisor import server
+        from bgtask._supervisor import main_loop
 
-        server.serve(startup)
+        main_loop.serve(startup)
     finally:
         os._exit(0)
 

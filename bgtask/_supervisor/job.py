@@ -1,11 +1,10 @@
 """The job's life: one state machine, its runs and exit status, and its deadlines.
 
-* :class:`JobState` -- the job's phase; its values are the wire's ``info()["state"]``.
-  :data:`SIGNALLABLE` and friends replace scattered ``state != "exited"`` tests.
-* :data:`TRANSITIONS` -- every legal move, each commented; :meth:`Job._set_phase` is the
-  only writer of :attr:`Job.phase`, and an impossible move raises
-  :class:`~bgtask._supervisor.errors.InternalError` (a ``RemoteError`` for the client).
-* :class:`SupervisorState` -- the supervisor's own life (serving, deleting, exiting).
+* The states and the table of legal moves -- ``states.py`` (:class:`JobState`,
+  :data:`TRANSITIONS`, :class:`SupervisorState`; re-exported here).
+  :meth:`Job._set_phase` is the only writer of :attr:`Job.phase`, and a move the table
+  does not list raises :class:`~bgtask._supervisor.errors.InternalError` (a
+  ``RemoteError`` for the client); :meth:`Job.set_supervisor` only moves forward.
 * :class:`Run` -- one execution: the job's pid and its I/O (``io.py``).
 * :class:`Job` -- runs, exit status, ``kill``/``restart``/``wait``/``delete``, the
   "output collected" predicate, and the deadlines that :meth:`Job.tick` honours.
@@ -24,12 +23,27 @@ its own deadlines (``timeout``, ``kill``, ``restart``, ``slot``, ``hook``).
 
 from __future__ import annotations
 
-import enum
 import signal
 import time
 
 from bgtask._supervisor.clock import Clock  # re-exported: the clock thread lives there
 from bgtask._supervisor.errors import InternalError
+from bgtask._supervisor.states import (
+    BACKOFF,
+    DELETING,
+    EXITED,
+    PAUSED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    SERVING,
+    SIGNALLABLE,
+    STOPPING,
+    SUPERVISOR_ORDER,
+    TRANSITIONS,
+    JobState,
+    SupervisorState,
+)
 from bgtask._wire.names import COLLECT_GRACE
 
 TYPE_CHECKING = False
@@ -67,64 +81,6 @@ if TYPE_CHECKING:
 
         def pipes_done(self) -> bool:
             """Nothing more to collect: every pipe at EOF, or its pump held by a full buffer."""
-
-
-class JobState(str, enum.Enum):
-    """The job's phase; ``.value`` is what ``info()["state"]`` says."""
-
-    # Nothing has run yet. Today only between the supervisor's start and the first run
-    # (clients never see it); with ``slot=`` a task waits here for a free slot.
-    QUEUED = "queued"
-    # A run's process is alive and not stopped.
-    RUNNING = "running"
-    # The run is stopped (SIGSTOP/SIGTSTP...), by pause() or by anyone else.
-    PAUSED = "paused"
-    # A stop is under way: TERM was sent, KILL follows after ``grace`` (not used yet:
-    # delete() escalates inline; run timeouts will use it).
-    STOPPING = "stopping"
-    # The run ended and an automatic restart is due at ``next_restart_at`` (not used yet).
-    BACKOFF = "backoff"
-    # The run ended and nothing starts it again by itself; wait() returns only here.
-    EXITED = "exited"
-
-
-QUEUED, RUNNING, PAUSED = JobState.QUEUED, JobState.RUNNING, JobState.PAUSED
-STOPPING, BACKOFF, EXITED = JobState.STOPPING, JobState.BACKOFF, JobState.EXITED
-#: a run exists whose process group may be signalled.
-SIGNALLABLE = frozenset({RUNNING, PAUSED, STOPPING})
-#: no run now, but one will start by itself (delete() cancels it).
-PENDING = frozenset({QUEUED, BACKOFF})
-
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    # the first run starts; or (slots, later) a queued task is deleted or killed
-    QUEUED: frozenset({RUNNING, EXITED}),
-    # stopped by a signal; a stop begins; the run ends (for good, or a restart is due)
-    RUNNING: frozenset({PAUSED, STOPPING, EXITED, BACKOFF}),
-    # continued; a stop begins (TERM+CONT); the run ends (a KILL needs no CONT)
-    PAUSED: frozenset({RUNNING, STOPPING, EXITED, BACKOFF}),
-    # the stopped run ends (a timed-out run may still be restarted by policy)
-    STOPPING: frozenset({EXITED, BACKOFF}),
-    # the automatic restart starts; or it is cancelled (delete, kill, max_restarts)
-    BACKOFF: frozenset({RUNNING, EXITED}),
-    # restart()
-    EXITED: frozenset({RUNNING}),
-}
-
-
-class SupervisorState(str, enum.Enum):
-    """The supervisor's own life; it only moves forward."""
-
-    # Answering clients; the job may be restarted.
-    SERVING = "serving"
-    # delete() (or the loss of our files) claimed the end: no more restarts, and a run
-    # that ends takes its process group's stragglers along.
-    DELETING = "deleting"
-    # The files are removed: the process exits once the delete() reply is out.
-    EXITING = "exiting"
-
-
-SERVING, DELETING, EXITING = SupervisorState.SERVING, SupervisorState.DELETING, SupervisorState.EXITING
-_SUPERVISOR_ORDER = (SERVING, DELETING, EXITING)
 
 
 class Run:
@@ -210,7 +166,7 @@ class Job:
 
     def set_supervisor(self, new: SupervisorState) -> None:
         """Move the supervisor's life forward (lock held); never back."""
-        if _SUPERVISOR_ORDER.index(new) < _SUPERVISOR_ORDER.index(self.supervisor):
+        if SUPERVISOR_ORDER.index(new) < SUPERVISOR_ORDER.index(self.supervisor):
             raise InternalError(f"the supervisor cannot go from {self.supervisor.value!r} "
                                 f"back to {new.value!r}")
         self.supervisor = new

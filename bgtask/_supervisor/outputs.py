@@ -21,7 +21,7 @@ import threading
 from bgtask._errors import OutputGoneError
 from bgtask._supervisor.buffer import ByteBuffer, MessageBuffer
 from bgtask._supervisor.errors import caller_error
-from bgtask._supervisor.job import EXITED
+from bgtask._supervisor.states import EXITED
 from bgtask._wire.names import MESSAGE_STREAMS, OUTPUT_STREAMS
 
 TYPE_CHECKING = False
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from bgtask._supervisor.buffer import Chunks
-    from bgtask._supervisor.job import JobState
     from bgtask._supervisor.lock import StateLock
+    from bgtask._supervisor.states import JobState
     from bgtask._wire.schema import JobSpec, StreamInfo
 
     #: ``(start, next, data, limit, eof)``: the wire's answer to ``stream_read``

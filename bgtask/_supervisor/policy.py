@@ -21,11 +21,12 @@ import signal
 import time
 
 from bgtask._supervisor import hooks
-from bgtask._supervisor.job import BACKOFF, EXITED, PAUSED, PENDING, QUEUED, RUNNING, SERVING, STOPPING
+from bgtask._supervisor.states import BACKOFF, EXITED, PAUSED, PENDING, QUEUED, RUNNING, SERVING, STOPPING
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from bgtask._supervisor.job import Job, JobState
+    from bgtask._supervisor.job import Job
+    from bgtask._supervisor.states import JobState
     from bgtask._wire.schema import JobSpec
 
 #: the back-off's cap, and the uptime after which it starts again from ``restart_delay``.

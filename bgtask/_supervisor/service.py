@@ -22,11 +22,12 @@ import signal
 import time
 
 from bgtask._supervisor.errors import CALLER_CHECKS
-from bgtask._supervisor.job import EXITED, EXITING, PAUSED, Clock, Job
+from bgtask._supervisor.job import Clock, Job
 from bgtask._supervisor.lock import StateLock
 from bgtask._supervisor.outputs import MAX_REPLY, Outputs
 from bgtask._supervisor.policy import SLOT_POLL, Operations
 from bgtask._supervisor.runner import ProcessLauncher
+from bgtask._supervisor.states import EXITED, EXITING, PAUSED
 from bgtask._supervisor.stdin import StdinQueue
 from bgtask._supervisor.usage import UsageMeter, limit_hint
 from bgtask._wire.checks import check_timeout

@@ -15,12 +15,12 @@ from collections import deque
 
 from bgtask._errors import StreamClosedError
 from bgtask._supervisor.errors import caller_error
-from bgtask._supervisor.job import EXITED
+from bgtask._supervisor.states import EXITED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from bgtask._supervisor.job import JobState
     from bgtask._supervisor.lock import StateLock
+    from bgtask._supervisor.states import JobState
     from bgtask._wire.schema import StreamInfo
 
 #: bytes of stdin accepted but not yet delivered to the job, at most.
