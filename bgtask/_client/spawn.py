@@ -1,5 +1,5 @@
 """Spawning: ``spawn()``'s options checked one by one into a :class:`JobSpec`, and the
-start of a local supervisor with the reading of its reports.
+start of a local supervisor.
 
 Every option is checked in the caller, before anything starts: one validator per
 option (:data:`_VALIDATORS`), each adding its part to the spec. What depends on where
@@ -10,7 +10,8 @@ remote backend builds the same spec.
 A local supervisor is started as an isolated interpreter that reads the spec (marshal)
 from its stdin and writes length-prefixed marshal reports to its stdout: ``("pid", n)``
 as soon as it has forked, then ``("ok", pid)`` once the job was exec'd, or
-``("error", kind, ...)`` (see :func:`bgtask._wire.faults.start_error_to_exception`).
+``("error", kind, ...)``. Reading those reports and turning them into a pid or an
+exception is ``reports.py``'s.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ from __future__ import annotations
 import marshal
 import os
 import re
-import select
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
 from bgtask._client import template as _template
+from bgtask._client.reports import collect, outcome, read_stderr
+from bgtask._client.reports import read_reports as read_reports  # template.py imports it from here
 from bgtask._errors import SpawnError
-from bgtask._wire.faults import start_error_to_exception
 from bgtask._wire.names import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT, SUPERVISOR_MARKER
 
 if TYPE_CHECKING:
@@ -298,9 +298,9 @@ def start_supervisor(pool: str, spec: JobSpec) -> int | None:
         conn = _template.request(pool, data, exe, _PKG_DIR, _TEMPLATE_BOOT)
         if conn is not None:
             with conn:
-                forked_pid, forked_final = _collect(conn.fileno())
+                forked_pid, forked_final = collect(conn.fileno(), SPAWN_TIMEOUT)
             if forked_pid is not None or forked_final is not None:
-                return _outcome(pool, forked_pid, forked_final, b"")
+                return outcome(pool, forked_pid, forked_final, b"")
             # Nothing reported: the template died before it forked (killed mid-spawn).
             # Nothing was started, so a fresh interpreter may start the job.
     # The supervisor's own environment (the job gets spec["env"] explicitly): glibc
@@ -324,84 +324,18 @@ def start_supervisor(pool: str, spec: JobSpec) -> int | None:
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        pid, final = _collect(proc.stdout.fileno())
+        pid, final = collect(proc.stdout.fileno(), SPAWN_TIMEOUT)
         if final is None:
             # Giving up: say so at once (the supervisor sees its report pipe closed and
             # starts nothing), before waiting for what it may have said on stderr.
             proc.stdout.close()
-            err = _read_stderr(proc.stderr.fileno())
+            err = read_stderr(proc.stderr.fileno())
     finally:
         for f in (proc.stdin, proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
         proc.wait()  # the intermediate exits right after its fork
-    return _outcome(pool, pid, final, err)
-
-
-def _collect(fd: int) -> tuple[int | None, tuple[Any, ...] | None]:
-    """The reported pid (None: none yet) and the final report (None: none came)."""
-    pid = None
-    for msg in _read_reports(fd, SPAWN_TIMEOUT):
-        if msg[0] == "pid":
-            pid = msg[1]
-        else:
-            return pid, msg
-    return pid, None
-
-
-def _outcome(pool: str, pid: int | None, final: tuple[Any, ...] | None, err: bytes) -> int | None:
-    """What :func:`start_supervisor` returns or raises for these reports."""
-    if final is not None and final[0] == "ok":
-        return int(final[1])
-    if final is not None:
-        if final[1] == "collision":
-            return None
-        raise start_error_to_exception(final[1:])
-    # No report: the supervisor died or hung while starting. Leave nothing behind.
-    if pid is not None:
-        from bgtask._client.sweep import sweep
-
-        sweep(pool, pid, force_if_silent=True)
-    text = err.decode(errors="replace").strip()
-    raise SpawnError("cannot start the job: the supervisor " +
-                     (f"failed: {text.splitlines()[-1]}" if text else "did not report in time"))
-
-
-def _read_reports(fd: int, timeout: float) -> Iterator[Any]:
-    """Yield the supervisor's length-prefixed marshal reports until EOF or *timeout*."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while True:
-        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
-            n = int.from_bytes(buf[:4], "big")
-            yield marshal.loads(buf[4 : 4 + n])
-            buf = buf[4 + n :]
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        if not _readable(fd, remaining):
-            return
-        part = os.read(fd, 65536)
-        if not part:
-            return
-        buf += part
-
-
-read_reports = _read_reports
-
-
-def _read_stderr(fd: int) -> bytes:
-    """What a supervisor that died without a report said (waits at most 1 s for it)."""
-    return os.read(fd, 65536) if _readable(fd, 1.0) else b""
-
-
-def _readable(fd: int, timeout: float) -> bool:
-    """Wait up to *timeout* s until *fd* is readable (or at EOF). poll(), not select():
-    select() raises ValueError for an fd above 1023, and a client following hundreds of
-    tasks has that many open."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout * 1000) + 1)))
+    return outcome(pool, pid, final, err)
 
 
 __all__ = ["DEFAULT_MAX_BUFFER", "DEFAULT_RETAIN_OUTPUT", "LIMIT_NAMES", "RESTART_POLICIES",
