@@ -86,13 +86,16 @@ if TYPE_CHECKING:
 class Run:
     """One execution of the job: its pid (the job's process group) and its I/O."""
 
-    __slots__ = ("io", "job_pid", "rusage")
+    __slots__ = ("cpu_charged_ns", "io", "job_pid", "rusage")
 
     def __init__(self, job_pid: int, io: RunIO) -> None:
         self.job_pid = job_pid
         self.io = io
         #: ``os.wait4``'s resource usage once reaped (``usage.py``'s final figures)
         self.rusage: object = None
+        #: the CPU time the kernel charged the job process, read before the reap
+        #: (``usage.charged_cpu_ns``: what ``RLIMIT_CPU`` counts; ``usage.limit_hint``)
+        self.cpu_charged_ns: int | None = None
 
 
 class _NoPipes:

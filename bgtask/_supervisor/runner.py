@@ -16,6 +16,7 @@ from bgtask._supervisor.errors import caller_error
 from bgtask._supervisor.io import PipeIO
 from bgtask._supervisor.job import Run
 from bgtask._supervisor.launch import StartError, launch, take_lock
+from bgtask._supervisor.usage import charged_cpu_ns
 from bgtask._wire.faults import start_error_to_exception
 from bgtask._wire.names import KILL_WAIT, OUTPUT_STREAMS
 
@@ -170,6 +171,8 @@ class ProcessLauncher:
                 else:
                     job.run_exited(run, None, status.si_status)
                 self.unreaped.discard(pid)
+                # Still a zombie (waitid's WNOWAIT): its CPU clock can still be read.
+                run.cpu_charged_ns = charged_cpu_ns(pid)
                 # Reap under the lock: kill() never sees a freed pid. wait4's rusage is
                 # the run's final usage, its waited-for descendants included.
                 run.rusage = os.wait4(pid, 0)[2]

@@ -88,7 +88,7 @@ class TaskService:
             status["timed_out"] = job.timed_out
         if spec.get("limits"):
             status["limit"] = limit_hint(job.signal, spec.get("limits"),
-                                         job.last_run.rusage if job.last_run is not None else None)
+                                         job.last_run.cpu_charged_ns if job.last_run is not None else None)
         streams: dict[str, StreamInfo] = {"stdin": self.stdin.info()}
         for name in OUTPUT_STREAMS + MESSAGE_STREAMS:
             streams[name] = self.outputs.info(name)
