@@ -61,6 +61,13 @@ if TYPE_CHECKING:
 
 #: a pump's read size (at least; a grown pipe is read whole).
 _READ = 64 * 1024
+#: the most one ``os.read`` asks for: a grown pipe is read in pieces of this size, each
+#: its own ``bytes``. Supervisors run with ``MALLOC_MMAP_THRESHOLD_=131072``
+#: (``_client/template.py``: a burst's memory is given back), so a 1 MiB read was a fresh
+#: ``mmap`` that the kernel faulted in page by page as it copied the pipe into it (256
+#: faults a MiB, twice the pump's CPU: end-to-end throughput 34% of a raw pipe). Pieces
+#: under the threshold come from the heap, reused from the pieces already sent.
+_PIECE = 128 * 1024 - 128
 #: the size a busy job's output pipe is grown to.
 _PIPE_BIG = 1 << 20
 #: the size of an output pipe nobody is busy with (``launch.OUTPUT_PIPE``).
@@ -83,9 +90,13 @@ _LIVE: set[PipeIO] = set()
 
 def _wake_pumps(name: str) -> None:
     """``Outputs.on_room`` (lock held): a pump that stopped polling a full stream may
-    go on."""
+    go on. Only pumps holding *name* back are woken: every consuming read calls this
+    (twice), and waking a busy pump each time cost it a poll, a read of its eventfd and
+    a GIL hand-off per reply (a pump marks a stream held under the lock before it stops
+    polling it, so none is missed)."""
     for io in _LIVE:
-        io.wake()
+        if name in io.held:
+            io.wake()
 
 
 def set_pipe_size(fd: int, size: int) -> int:
@@ -184,6 +195,7 @@ class PipeIO:
         paused: set[int] = set()  # full buffers: not polled until a reader makes room
         poller = select.poll()
         for fd in names:
+            os.set_blocking(fd, False)  # read in pieces until the pipe is empty
             poller.register(fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         try:
@@ -213,20 +225,18 @@ class PipeIO:
                         paused.add(fd)
                         poller.unregister(fd)
                         continue
-                    try:
-                        data = os.read(fd, n)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
+                    pieces = _read(fd, n)
+                    if pieces is None:
+                        continue  # nothing there (a drain() took it)
+                    if not pieces:
                         poller.unregister(fd)
                         del names[fd]
                         quiet_since.pop(fd, None)
                         os.close(fd)
                         outputs.pipe_closed(name)
                         continue
-                    if len(data) >= sizes[fd] and sizes[fd] < _PIPE_BIG and n >= _READ:
+                    got = sum(map(len, pieces))
+                    if got >= sizes[fd] and sizes[fd] < _PIPE_BIG and n >= _READ:
                         # The pipe was full: this job writes a lot. A bigger pipe
                         # buffer halves the context switches. Not when the buffer is
                         # nearly full (n < _READ): the pipe would only hold more
@@ -234,7 +244,7 @@ class PipeIO:
                         sizes[fd] = set_pipe_size(fd, _PIPE_BIG)
                     if sizes[fd] > PIPE_SMALL:
                         quiet_since[fd] = now
-                    outputs.deliver(name, data)
+                    outputs.deliver(name, *pieces)
                     if self.on_output is not None:
                         self.on_output()
                 for fd, since in list(quiet_since.items()):
@@ -284,6 +294,7 @@ class PipeIO:
                 left = fcntl.fcntl(fd, _F_GETPIPE_SZ)
             except OSError:
                 left = _PIPE_BIG
+            blocking = os.get_blocking(fd)
             os.set_blocking(fd, False)
             try:
                 while left > 0:
@@ -297,7 +308,30 @@ class PipeIO:
                     self.outputs.append_held(name, data)
                     left -= len(data)
             finally:
-                os.set_blocking(fd, True)
+                os.set_blocking(fd, blocking)  # the pump's fds stay non-blocking
+
+
+def _read(fd: int, n: int) -> list[bytes] | None:
+    """Up to *n* bytes from the non-blocking pipe *fd*, in pieces of at most
+    :data:`_PIECE`: ``None`` if it is empty, ``[]`` at EOF (or an error, read as EOF
+    once what came before it was delivered)."""
+    pieces: list[bytes] = []
+    while n > 0:
+        try:
+            data = os.read(fd, min(n, _PIECE))
+        except BlockingIOError:
+            break
+        except OSError:
+            data = b""
+        if not data:
+            if pieces:
+                break  # EOF (or the error) again on the next poll
+            return []
+        pieces.append(data)
+        n -= len(data)
+        if len(data) < _PIECE:
+            break  # the pipe is empty
+    return pieces or None
 
 
 _WAKE_TOKEN = (1).to_bytes(8, "little")

@@ -74,6 +74,9 @@ class Outputs:
         #: called (lock held) with a stream's name when its buffer may have room again:
         #: the one pump thread of a run polls, it does not wait on :attr:`room`
         self.on_room: Callable[[str], None] = _nothing_named
+        #: output bytes consumed by readers so far (the main loop gives their memory
+        #: back to the system once reads stop: :func:`~bgtask._supervisor.main_loop.trim`)
+        self.consumed = 0
         self.job_ended = False
         #: called (lock held) when "is the output collected?" may have a new answer
         self.on_collect: Callable[[], None] = _nothing
@@ -110,15 +113,16 @@ class Outputs:
                 held.discard(name)
             return size if buf.drop else min(size, buf.room())
 
-    def deliver(self, name: str, data: bytes) -> None:
-        """A pump read *data*."""
+    def deliver(self, name: str, *pieces: bytes) -> None:
+        """A pump read *pieces* (in order)."""
         with self.lock:
-            self.append_held(name, data)
+            self.append_held(name, *pieces)
 
-    def append_held(self, name: str, data: bytes) -> None:
-        """Append output *data* (lock held)."""
+    def append_held(self, name: str, *pieces: bytes) -> None:
+        """Append output *pieces* (lock held)."""
         buf = self.bytes[name]
-        buf.append(data)
+        for data in pieces:
+            buf.append(data)
         self.arrived[name].notify_all()
         if buf.unread >= buf.max_unread:
             self.on_collect()  # full: its pump stops, so nothing more is collected
@@ -206,6 +210,7 @@ class Outputs:
                 self._tls.claim = Claim(name, buf.cursor, data, nxt, buf.start)
                 if not is_msg:
                     buf.inflight += nxt - buf.cursor  # until reply_sent() or rollback()
+                    self.consumed += nxt - buf.cursor
                 buf.consume(nxt)
                 if not is_msg:
                     self.room[name].notify_all()  # a blocked pump may go on
