@@ -23,7 +23,9 @@ the call then depends on the call, and the caller picks how to end it
 * ``"settle"`` -- wait briefly for the answer first, so that what the supervisor did is
   final when the cancellation propagates (a write to stdin: its ``limit`` then tells
   exactly what was accepted);
-* ``"reclaim"`` -- a consuming read: see :meth:`AioConnection.reclaim`.
+* ``"reclaim"`` -- a consuming read: wait briefly for its reply (it answers at once),
+  which the caller then puts back; see :meth:`AioConnection._cancelled` and, if none
+  comes, :meth:`AioConnection.reclaim`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from bgtask._wire.framing import ProtocolError, frame
 from bgtask._wire.handshake import ClientHandshake
 from bgtask._wire.names import ANSWER_GRACE, CONNECT_TIMEOUT, STATE_IDENT
 
-#: how long a cancelled call waits for the supervisor's answer with ``on_cancel="settle"``.
+#: how long a cancelled call waits for the supervisor's answer with ``on_cancel="settle"``
+#: or ``"reclaim"``.
 SETTLE_GRACE = 2.0
 #: calls answered at once (without a wait) in a row before one yields to the loop.
 FAST_STREAK = 16
@@ -103,8 +106,9 @@ class AioConnection:
             without limit); the answer is awaited that long plus ``ANSWER_GRACE``, and a
             stopped supervisor is noticed after ``SILENT_PROBE``.
         :param on_cancel: ``"close"``, ``"settle"`` or ``"reclaim"`` (module docstring).
-            With ``"reclaim"``, a cancellation that finds the whole reply already
-            delivered raises :class:`Reclaimed` carrying it, instead of CancelledError.
+            With ``"reclaim"``, a cancellation whose call's whole reply arrives (before
+            it, or while it waits briefly for it) raises :class:`Reclaimed` carrying it,
+            instead of CancelledError.
         """
         if self.closed:
             raise map_fault(EOFError("the connection is closed"), self.pid, f"{method}()", False)
@@ -194,48 +198,81 @@ class AioConnection:
             self._loop.call_later(SILENT_PROBE, self._probe, waiter, deadline)
 
     async def _cancelled(self, waiter: asyncio.Future[bytes | None], on_cancel: str) -> bytes | None:
-        """End a call interrupted by a cancellation; the connection is closed after."""
+        """End a call interrupted by a cancellation; the connection is closed after.
+
+        The cancellation normally lands on ``await waiter``, and a task's ``cancel()``
+        cancels the future it waits on: *waiter* is then cancelled and cannot take the
+        reply any more. The reply, whether it came before the task ran again (the wire
+        keeps it in its decoder) or comes later, is awaited by :meth:`_settle`.
+        """
         try:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 msg = waiter.result()  # the answer came before the cancellation took effect
                 return msg if on_cancel == "reclaim" else None
-            if on_cancel == "settle":
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), SETTLE_GRACE)
-                except BaseException:
-                    pass
+            if on_cancel == "close":
                 return None
-            if on_cancel == "reclaim":
-                return self.reclaim()
-            return None
+            msg = await self._settle(SETTLE_GRACE)
+            if on_cancel == "settle":
+                return None
+            # A consuming read (it answers at once): its reply, so that the caller puts
+            # it back -- the supervisor has finished with the read, and no later read can
+            # overtake its rollback. Only if none came whole in time (a stopped
+            # supervisor, a second cancellation): hang up the read side.
+            return msg if msg is not None else self.reclaim()
         finally:
             self.close()
 
+    async def _settle(self, grace: float) -> bytes | None:
+        """After a cancelled wait: the call's reply, awaited up to *grace* seconds more on
+        a waiter of its own; None if it did not come whole (the connection failed,
+        *grace* passed, or a second cancellation came)."""
+        wire = self._wire
+        try:
+            msg = wire.decoder.next_message()  # it came after the cancellation
+        except ProtocolError:
+            return None
+        if msg is not None or wire.closed:
+            return msg
+        waiter: asyncio.Future[bytes | None] = self._loop.create_future()
+        wire.waiter = waiter
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), grace)
+        except (Exception, asyncio.CancelledError):
+            # It may have come as the wait ended: it is no longer in the decoder then.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                return waiter.result()
+            return None
+        finally:
+            wire.waiter = None
+
     def reclaim(self) -> bytes | None:
-        """After a cancelled consuming read: the whole reply if it has already arrived
-        (the read happened), else None -- and then the read is undone by the supervisor.
+        """After a cancelled consuming read whose reply did not come in time (see
+        :meth:`_cancelled`): the whole reply if it has arrived after all (the read
+        happened), else None -- and then the read is undone by the supervisor.
 
         ``shutdown(SHUT_RD)`` on our end makes every later send of the supervisor fail
         (``EPIPE``): a reply not yet sent, or sent only in part, is rolled back by it
         (``_supervisor/server.py``: a claim whose reply could not be delivered). Bytes
         that arrived before the shutdown stay readable: if they make the whole reply,
-        it was sent, and the caller must put it back or hand it on.
+        it was sent, and the caller must put it back or hand it on. (The rollback
+        happens in the supervisor's own time: a read made meanwhile can come before it,
+        which is why this is the fallback, not the rule.)
         """
-        if self._wire.closed:
-            return None
         sock = self._wire.sock
-        try:
-            sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            return None
-        while True:
+        if not self._wire.closed:
             try:
-                data = sock.recv(1 << 20)
+                sock.shutdown(socket.SHUT_RD)
             except OSError:
-                break
-            if not data:
-                break
-            self._wire.decoder.feed(data)
+                pass
+            else:
+                while True:
+                    try:
+                        data = sock.recv(1 << 20)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    self._wire.decoder.feed(data)
         try:
             return self._wire.decoder.next_message()
         except ProtocolError:

@@ -6,10 +6,14 @@ Cancelling is safe at every await:
 * a consuming ``read()``/``follow()`` waits for data with a *non-consuming* read (a
   cancelled one leaves nothing behind but a supervisor thread that ends with its
   slice), then consumes with a read that answers at once. If that one is cancelled,
-  the connection's read side is shut down: the supervisor's reply, not yet sent, cannot
-  be delivered and the read is rolled back there; a reply already received whole is
-  put back (messages: ``stream_putback``) or held by the :class:`~bgtask.AsyncTask`
-  and handed on by its next consuming read (bytes: the wire has no put-back for them);
+  its reply is awaited briefly all the same (``on_cancel="reclaim"``) and given back:
+  messages are put back (``stream_putback``, over before the cancellation propagates),
+  and what is not -- bytes (the wire has no put-back for them), messages the
+  supervisor refused (another consumer read meanwhile) -- is held by the
+  :class:`~bgtask.AsyncTask` and handed on by its next consuming read. Only a reply
+  that does not come in time (a stopped supervisor) is left to the supervisor: the
+  connection's read side is shut down, the reply cannot be delivered, and the read is
+  rolled back there;
 * a write to stdin waits on the supervisor in short slices, and a cancelled one waits
   for its slice's answer: what was accepted is final when the cancellation propagates,
   and ``limit`` says exactly how much that was;
@@ -136,8 +140,9 @@ class AsyncStream:
             dropped ssh connection: a reply lost with it had consumed its range).
         """
         name = self._name
-        held = self._task._held.pop(name, b"")
+        held = self._task._held.pop(name, None)  # what a cancelled read handed on
         parts: list[Any] = [held] if held else []
+        fresh = len(parts)  # parts[fresh:] come from the supervisor's replies
         end_at = 0
         waited = False
         try:
@@ -164,8 +169,7 @@ class AsyncStream:
                 if not await self._wait_data(timeout):
                     return parts, end_at, eof
         except asyncio.CancelledError:
-            if parts:
-                await self._undo(parts, end_at)
+            await self._undo(parts[fresh:], end_at, held)
             raise
 
     async def _wait_data(self, timeout: float | None) -> bool:
@@ -182,18 +186,41 @@ class AsyncStream:
             if deadline is not None and loop.time() >= deadline:
                 return False
 
-    async def _undo(self, parts: list[Any], consumed_end: int) -> None:
-        """A cancelled consuming read had received *parts*: give them back."""
+    async def _undo(self, parts: list[Any], consumed_end: int, held: Any = None) -> None:
+        """A cancelled consuming read had received *parts* (its replies' data, consumed
+        up to *consumed_end*) and taken *held* (what the task held for this stream):
+        give them back, in that order, in front of what is still unread.
+
+        Messages go back to the supervisor (``stream_putback``); the ones it refuses
+        (another consumer read meanwhile: they cannot go back in front of what it read)
+        are held by the task, as bytes always are, and handed on by its next consuming
+        read.
+        """
+        name = self._name
         if not self.is_messages:
-            held = b"".join(bytes(p) for p in parts)
-            self._task._held[self._name] = held + self._task._held.get(self._name, b"")
+            back = (held or b"") + b"".join(bytes(p) for p in parts)
+            if back:
+                self._task._held[name] = back + self._task._held.get(name, b"")
             return
+        keep: list[bytes] = list(held or [])
         blobs = [blob for part in parts for blob in part]
-        try:
-            # Shielded: a second cancellation must not lose them on the way back.
-            await asyncio.shield(self._call("stream_putback", self._name, blobs, consumed_end))
-        except (BgTaskError, OSError):
-            pass  # the supervisor is gone, and the messages with it
+        again: asyncio.CancelledError | None = None
+        if blobs:
+            # Over before this returns, even if cancelled (again) meanwhile: a putback
+            # still on its way could come after the next read and be refused, losing
+            # the messages. The cancellation is raised once it is over.
+            call = asyncio.ensure_future(self._call("stream_putback", name, blobs, consumed_end))
+            while not call.done():
+                try:
+                    await asyncio.wait((call,))
+                except asyncio.CancelledError as exc:
+                    again = exc
+            if not _went_back(call):
+                keep += blobs
+        if keep:
+            self._task._held[name] = keep + self._task._held.get(name, [])
+        if again is not None:
+            raise again
 
     def follow(self, start: int | None = None) -> AsyncIterator[Any]:
         """``async for`` over the output until the end of the stream: bytes chunks, or
@@ -305,6 +332,19 @@ class AsyncStream:
         """stdin: the job sees end of file once everything written is delivered."""
         _req.check_close(self._name)
         await self._call("stream_close", "stdin", on_cancel="settle")
+
+
+def _went_back(call: asyncio.Future[Any]) -> bool:
+    """Whether a finished ``stream_putback`` call leaves nothing to keep: the messages
+    went back, or the supervisor is gone and they with it. False: it refused them."""
+    if call.cancelled():
+        return False
+    exc = call.exception()
+    if exc is None:
+        return bool(call.result())
+    if isinstance(exc, (BgTaskError, OSError)):
+        return True  # the supervisor is gone, and the messages with it
+    raise exc
 
 
 __all__ = ["STDIN_SLICE", "AsyncStream"]

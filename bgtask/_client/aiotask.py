@@ -45,9 +45,10 @@ class AsyncTask:
         self._pid = pid
         self._conns = AioConnectionCache(pid, self._sync.pool)
         self._info: dict[str, Any] | None = None
-        #: bytes a cancelled consuming read had already received (its reply arrived
-        #: before the cancellation took effect): handed on by the next consuming read.
-        self._held: dict[str, bytes] = {}
+        #: per stream, what a cancelled consuming read had received and could not give
+        #: back to the supervisor (bytes; or a list of message blobs it refused to take
+        #: back): handed on, first, by the next consuming read.
+        self._held: dict[str, Any] = {}
 
     @property
     def pid(self) -> int:

@@ -69,6 +69,13 @@ class Wire:
             return
         self.decoder.feed(data)
         waiter = self.waiter
+        if waiter is not None and waiter.cancelled():
+            # The call's await was cancelled (a task's cancel() cancels the future it
+            # waits on) and the task has not run since: this is that call's reply, and
+            # its cancellation handling takes it from the decoder (AioConnection's
+            # _cancelled). Failing here would throw away a consuming read's reply that
+            # the supervisor delivered, and the items it consumed with it.
+            return
         if waiter is None or waiter.done():
             if self.decoder.buffered:  # nobody asked: the peer is out of step
                 self._fail(ProtocolError("the supervisor sent data out of turn"))
