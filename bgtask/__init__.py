@@ -12,15 +12,22 @@ same user through a Unix socket in a pool directory::
 
 The layers (imports flow downwards only; ``tests/test_layers.py`` enforces it)::
 
-    cli.py, web/          the outer layer: the public API below, and _format
-    bgtask (this file)    the front door: re-exports _client and _errors
-    _client/              runs in the caller: pool, spawn, sweep, task, stream,
-                          connection, codec (dill lives here and only here)
-    _supervisor/          runs in the supervisor: boot, launch, job, io, buffer,
-                          service, server (never imports _client, dill or filelock)
+    cli.py _cli_*.py      the outer layer: the public API below, and _format;
+    web/ _bridge.py       web/ is the ASGI view, _bridge the far side of an ssh pool
+    bgtask (this file)    the front door: re-exports _client and _errors (lazily)
+    _client/              runs in the caller: pool, spawn, reports, sweep, backend
+                          (local, ssh*), cache, connection, requests, task, stream,
+                          aio* (asyncio twins), waiting, template, codec (dill lives
+                          here and only here)
+    _supervisor/          runs in the supervisor (never imports _client, dill or
+                          filelock): boot, launch, runner; states (the one transition
+                          table), job, clock, policy, slots, limits, hooks, usage; io
+                          (output is buffered in buffer.py through outputs.py), stdin;
+                          service, accept, server, main_loop, record, template
     _format/              presentation of info dicts (reprs, tables, status words)
     _wire/                what both sides agree on: names, framing, handshake, schema,
-                          checks, faults (the one map from failures to our errors)
+                          checks, faults (the one map from failures to our errors),
+                          forkserver
     _errors.py _paths.py _process.py   stdlib only: exceptions, pool files and modes,
                           /proc facts and signals
 """
