@@ -15,6 +15,7 @@ from bgtask._client.pool import TaskPool
 from bgtask._client.stream import Stream, stream_name
 from bgtask._errors import BgTaskError, TaskNotFoundError, TaskUnresponsiveError
 from bgtask._wire.checks import check_timeout as _check_timeout
+from bgtask._wire.names import CLIENT_SLACK, KILL_WAIT
 
 #: seconds from TERM to KILL when a task does not say (the contract's ``grace`` default).
 DEFAULT_GRACE = _req.DEFAULT_GRACE
@@ -315,8 +316,14 @@ class Task:
         finally:
             self._conns.drop(conn)
             self._conns.close_all()
-        backend.wait_gone(self._pid, start_time, 5.0)
         self._info = None
+        # The supervisor has answered and exits at once; on a loaded machine that can take
+        # a while. "Returns when both are gone": a supervisor still there after the
+        # longest it may take is reported, never passed over in silence.
+        if not backend.wait_gone(self._pid, start_time, KILL_WAIT + CLIENT_SLACK):
+            raise TaskUnresponsiveError(
+                f"task {self._pid}: its supervisor answered delete() but has not exited "
+                f"after {KILL_WAIT + CLIENT_SLACK:.0f} s", self._pid)
 
 
 _current: tuple[int, Task | None] | None = None
