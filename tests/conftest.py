@@ -1,15 +1,29 @@
 """Every test gets its own short pool directory, and fails if a process it started
-(a supervisor or a job of that pool) is still alive afterwards."""
+(a supervisor or a job of that pool) is still alive afterwards. A session-wide backstop
+ends, and reports, any supervisor the session started that is still alive at its end,
+whatever pool it serves (tests that make pools of their own, or none of the fixtures')."""
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import end_pool
+from helpers import end_pool, supervisor_pools
 
 import bgtask
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_supervisor_outlives_the_session() -> Iterator[None]:
+    since = time.time()
+    yield
+    left = supervisor_pools(since)
+    for pool in sorted(set(left.values())):
+        end_pool(pool)
+    if left:
+        pytest.fail(f"supervisors outlived the test session (ended now): {sorted(left.items())}")
 
 
 @pytest.fixture

@@ -140,6 +140,39 @@ def end_pool(path: str) -> list[tuple[int, str]]:
     shutil.rmtree(path, ignore_errors=True)
     return leftovers
 
+def supervisor_pools(since: float) -> dict[int, str]:
+    """Supervisors of ours started after *since* (``time.time()``), by pid, with the
+    pool each one serves (the directory of the token file it holds open) -- whatever
+    pool a test made, with or without the ``pool`` fixture."""
+    from bgtask._wire.names import SUPERVISOR_MARKER
+
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, str] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        pid = int(name)
+        if SUPERVISOR_MARKER not in _read(f"/proc/{pid}/cmdline") or not pid_alive(pid):
+            continue
+        stat = _read(f"/proc/{pid}/stat")
+        try:
+            started = boot + int(stat[stat.rfind(b")") + 2 :].split()[19]) / ticks
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (IndexError, ValueError, OSError):
+            continue
+        if started < since:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.endswith(f"/{pid}.token"):
+                found[pid] = os.path.dirname(target)
+    return found
+
+
 def fork() -> int:
     """``os.fork()`` without the 3.12+ warning about forking a threaded process (the
     tests fork on purpose; pytest turns warnings into errors)."""

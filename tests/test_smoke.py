@@ -24,3 +24,18 @@ print(t.stream('stdout').read().decode(), end='')
     assert task.stream("stderr").read() == b"oops\n"
     task.delete()
     assert pool.search() == []
+
+
+def test_the_session_backstop_finds_a_supervisor_of_any_pool(pool: bgtask.TaskPool) -> None:
+    """conftest's session-wide leak check sees a live supervisor with its pool."""
+    import time
+
+    from helpers import supervisor_pools
+
+    since = time.time() - 1
+    task = pool.spawn(["sleep", "30"])
+    try:
+        assert supervisor_pools(since).get(task.pid) == str(pool.path)
+    finally:
+        task.delete()
+    assert task.pid not in supervisor_pools(since)
