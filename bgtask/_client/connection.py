@@ -82,9 +82,20 @@ def open_connection(pool: str, pid: int, timeout: float = CONNECT_TIMEOUT) -> Co
     token = _read_token(pool, pid, path)
     deadline = time.monotonic() + timeout
     since = time.time()
-    conn = _connect(path, pid, deadline, since)
+    return authenticate(_connect(path, pid, deadline, since), token, pid, deadline, since)
+
+
+def authenticate(conn: Connection, token: bytes, pid: int, deadline: float, since: float,
+                 probe: bool = True) -> Connection:
+    """Run the handshake on a freshly connected *conn* (closed if it fails) and mark it
+    as this process's connection to the supervisor that owns *token*. Shared by local
+    sockets and ssh forwards.
+
+    :param probe: look at /proc when the supervisor is silent (a stopped one is reported
+        at once); False where its pid is not a process of this host (a forward).
+    """
     try:
-        _handshake(conn, _paths.authkey_from_token(token), pid, deadline, since)
+        _handshake(conn, _paths.authkey_from_token(token), pid, deadline, since, probe)
     except BaseException:
         conn.close()
         raise
@@ -162,7 +173,8 @@ def _connect(path: str, pid: int, deadline: float, since: float) -> Connection:
         sock.close()
 
 
-def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, since: float) -> None:
+def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, since: float,
+               probe: bool = True) -> None:
     """Authenticate both ways and exchange protocol versions on *conn*."""
     hs = ClientHandshake(authkey)
     fd = conn.fileno()
@@ -171,8 +183,8 @@ def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, sinc
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(errno.ETIMEDOUT, "the handshake's deadline passed")
-            if not conn.wait_readable(min(left, SILENT_PROBE)):
-                if _stopped(pid):
+            if not conn.wait_readable(min(left, SILENT_PROBE) if probe else left):
+                if probe and _stopped(pid):
                     raise Stopped(errno.ETIMEDOUT, "the supervisor is stopped")
                 continue
             hs.receive_data(os.read(fd, 4096))
@@ -225,4 +237,4 @@ def call(conn: Connection, pid: int, method: str, args: tuple[Any, ...], kwds: d
     return reply_result(kind, result, pid, method)
 
 
-__all__ = ["call", "open_connection", "refuses"]
+__all__ = ["authenticate", "call", "open_connection", "refuses"]

@@ -19,7 +19,6 @@ directory (:mod:`bgtask._client.sshmux`).
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
 import re
@@ -32,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths
 from bgtask._client import sshmux, sshwire
+from bgtask._client.connection import authenticate
 from bgtask._errors import HostUnreachableError, TaskNotFoundError
-from bgtask._wire.faults import map_fault
 from bgtask._wire.framing import Connection, set_timeouts
-from bgtask._wire.handshake import ClientHandshake
 from bgtask._wire.names import CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
@@ -257,14 +255,8 @@ class SshBackend:
                 raise
         conn = _Forwarded(sock.detach())
         conn.target = self.target
-        try:
-            _handshake(conn, _paths.authkey_from_token(token), pid, deadline, since)
-        except BaseException:
-            conn.close()
-            raise
-        conn.owner_pid = os.getpid()
-        conn.token = token
-        conn.read_ahead = True
+        # No /proc probe: the supervisor's pid is not a process of this host.
+        authenticate(conn, token, pid, deadline, since, probe=False)
         return conn
 
     def records(self, pids: list[int]) -> dict[int, dict[str, Any]]:
@@ -343,25 +335,6 @@ class _Forwarded(Connection):
             return exc  # ssh is fine: the supervisor itself hung up
         return HostUnreachableError(f"lost the ssh connection to {self.target.host} ({exc!r})",
                                     self.target.host)
-
-
-def _handshake(conn: Connection, authkey: bytes, pid: int, deadline: float, since: float) -> None:
-    """The client handshake over the forward (``connection._handshake`` without its
-    local /proc probe: the supervisor's pid is not a process of this host)."""
-    hs = ClientHandshake(authkey)
-    fd = conn.fileno()
-    try:
-        while not hs.done:
-            left = deadline - time.monotonic()
-            if left <= 0 or not conn.wait_readable(left):
-                raise TimeoutError(errno.ETIMEDOUT, "the handshake's deadline passed")
-            hs.receive_data(os.read(fd, 4096))
-            out = hs.data_to_send()
-            if out:
-                conn.write(out)
-        set_timeouts(conn.socket(), 0)
-    except Exception as exc:
-        raise map_fault(exc, pid, "connecting", True, since) from None
 
 
 __all__ = ["DEFAULT_PYTHON", "SshBackend", "is_url", "parse_url"]
