@@ -217,15 +217,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _prepare_imports() -> None:
-    """Import what a supervisor imports, so that its children start ready."""
-    sys.modules.setdefault("multiprocessing.shared_memory", None)  # type: ignore[arg-type]
-    import hmac  # noqa: F401  (the handshake, here and in the children)
-    import traceback  # noqa: F401  (boot's error path)
-
-    from bgtask._supervisor import boot, server  # noqa: F401
-
-
 def main(key: str) -> None:
     """Entry point (see the module docstring): the pool directory comes on stdin.
     Reports ``("ready", pid)``, ``("exists",)`` or ``("error", text)`` on stdout, then
@@ -245,7 +236,9 @@ def main(key: str) -> None:
     template = Template(pool, key)
     try:
         template.setup()
-        _prepare_imports()
+        from bgtask._supervisor import warm
+
+        warm.prepare()
     except _Exists:
         _report(("exists",))
         os._exit(0)
