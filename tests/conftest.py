@@ -1,10 +1,13 @@
 """Every test gets its own short pool directory, and fails if a process it started
 (a supervisor or a job of that pool) is still alive afterwards. A session-wide backstop
 ends, and reports, any supervisor the session started that is still alive at its end,
-whatever pool it serves (tests that make pools of their own, or none of the fixtures')."""
+whatever pool it serves (tests that make pools of their own, or none of the fixtures'),
+as long as the session made that pool's directory (with tempfile, or under pytest's
+base temporary directory)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -14,12 +17,32 @@ from helpers import end_pool, supervisor_pools
 
 import bgtask
 
+#: every directory this session made with tempfile (pools among them): the backstop ends
+#: only supervisors of these, never those of another session running beside this one.
+_MADE: list[str] = []
+_mkdtemp = tempfile.mkdtemp
+
+
+def _recording_mkdtemp(*args: object, **kwargs: object) -> str:
+    path = _mkdtemp(*args, **kwargs)  # type: ignore[call-overload]
+    _MADE.append(os.path.realpath(path))
+    return str(path)
+
+
+tempfile.mkdtemp = _recording_mkdtemp  # type: ignore[assignment]
+
+
+def _ours(pool: str, roots: list[str]) -> bool:
+    real = os.path.realpath(pool)
+    return any(real == r or real.startswith(r + os.sep) for r in roots)
+
 
 @pytest.fixture(scope="session", autouse=True)
-def no_supervisor_outlives_the_session() -> Iterator[None]:
+def no_supervisor_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     since = time.time()
     yield
-    left = supervisor_pools(since)
+    roots = [*_MADE, os.path.realpath(tmp_path_factory.getbasetemp())]
+    left = {pid: pool for pid, pool in supervisor_pools(since).items() if _ours(pool, roots)}
     for pool in sorted(set(left.values())):
         end_pool(pool)
     if left:

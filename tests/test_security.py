@@ -271,8 +271,11 @@ def test_task_files_are_never_accessible_to_others(shared: str) -> None:
         wait_for(lambda: f"{task.pid}.info" in _files(shared), timeout=5)
         files = _files(shared)
         # The status record (<pid>.info) is one of the task's files: 0600 like the rest.
-        assert set(files) == {f"{task.pid}.sock", f"{task.pid}.token", f"{task.pid}.info",
-                              "lock-0-nightly.lock", ".bgtask-0.lock"}
+        # The fork server's files (.tpl-<uid>-<key>.sock/.token/.lock) are checked too.
+        template = {n for n in files if n.startswith(".tpl-0-")}
+        assert {n.rsplit(".", 1)[1] for n in template} <= {"sock", "token", "lock"}
+        assert set(files) - template == {f"{task.pid}.sock", f"{task.pid}.token", f"{task.pid}.info",
+                                         "lock-0-nightly.lock", ".bgtask-0.lock"}
         for name, (_ino, uid, mode) in files.items():
             assert uid == 0, name
             assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))

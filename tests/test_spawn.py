@@ -598,15 +598,24 @@ def test_stat_of_socket_and_token(pool: bgtask.TaskPool) -> None:
     assert task_files(pool) == []
 
 
-def test_spawn_uses_this_interpreter_without_site(pool: bgtask.TaskPool) -> None:
-    """The supervisor runs under sys.executable (the job's python is the user's choice)."""
+@pytest.mark.parametrize("template", ["1", "0"])
+def test_spawn_uses_this_interpreter_without_site(pool: bgtask.TaskPool, template: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor runs under sys.executable (the job's python is the user's choice),
+    isolated and without site; forked from the fork server (the default) its command line
+    is the server's, started fresh it names the pool."""
+    monkeypatch.setenv("BGTASK_TEMPLATE", template)
     task = pool.spawn(["sleep", "30"])
     try:
         with open(f"/proc/{task.pid}/cmdline", "rb") as f:
             cmd = f.read().split(b"\0")
         assert os.path.realpath(cmd[0]) == os.path.realpath(sys.executable) or cmd[0] == os.fsencode(
             sys.executable)
-        assert str(pool.path).encode() in cmd
+        assert cmd[1:3] == [b"-I", b"-S"]
+        if template == "0":
+            assert str(pool.path).encode() in cmd
+        else:
+            assert b"bgtask._supervisor.template" in cmd[4]
     finally:
         task.delete()
 

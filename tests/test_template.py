@@ -22,7 +22,7 @@ from bgtask._client import template as _template
 
 @pytest.fixture(autouse=True)
 def _template_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BGTASK_TEMPLATE", "1")  # opt-in (see _client/template.py)
+    monkeypatch.setenv("BGTASK_TEMPLATE", "1")  # the default, whatever the environment says
 
 
 def _template_files(pool: bgtask.TaskPool) -> dict[str, os.stat_result]:
@@ -96,17 +96,47 @@ def test_spawn_without_the_template(pool: bgtask.TaskPool, spawn, monkeypatch: p
 
 
 def test_a_wrong_token_is_refused(pool: bgtask.TaskPool, spawn) -> None:
+    from bgtask._wire.forkserver import REQUEST, TOKEN_SIZE
+
     _works(spawn(["sh", "-c", "echo hi"]))
     sock = next(n for n in _template_files(pool) if n.endswith(".sock"))
+    before = set(os.listdir(pool.path))
+    spec = b"x" * 10
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(5)
         s.connect(os.path.join(pool.path, sock))
-        s.recv(100)
-        s.sendall(b"\0" * 40 + b"x" * 10)
+        s.sendall(REQUEST + b"\0" * TOKEN_SIZE + (0o22).to_bytes(4, "big") + len(spec).to_bytes(4, "big") + spec)
         try:
-            assert s.recv(100) == b""  # hung up on, nothing forked
+            assert s.recv(100) == b""  # hung up on, nothing reported
         except ConnectionResetError:
             pass  # hung up on with our bytes unread: the same
+    assert set(os.listdir(pool.path)) == before  # no supervisor was started
+    _works(spawn(["sh", "-c", "echo hi"]))
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in _read(f"/proc/{pid}/task/{pid}/children").split()}
+
+
+def test_the_spare_is_forked_in_advance_and_ends_with_the_template(pool: bgtask.TaskPool, spawn) -> None:
+    _works(spawn(["sh", "-c", "echo hi"]))
+    tpl = _template_pid(pool)  # (our connection used up a spare: the template forks another)
+    tokens = lambda: {int(n.split(".")[0]) for n in os.listdir(pool.path) if n[0].isdigit()}  # noqa: E731
+    # The spare that took our connection exits; its successor waits.
+    wait_for(lambda: len(_children(tpl) - tokens()) == 1, timeout=10)
+    time.sleep(0.3)
+    spares = _children(tpl) - tokens()
+    assert len(spares) == 1
+    spare = spares.pop()
+    assert os.getsid(spare) == spare  # a session of its own, like any supervisor
+    task = spawn(["sh", "-c", "echo hi"])
+    assert task.pid == spare  # the spare became that supervisor
+    _works(task)
+    wait_for(lambda: len(_children(tpl) - tokens()) == 1, timeout=10)
+    spare = (_children(tpl) - tokens()).pop()
+    os.kill(tpl, signal.SIGKILL)
+    wait_for(lambda: _read(f"/proc/{spare}/stat").split()[2:3] in ([], [b"Z"]), timeout=10)
+    assert task.wait(timeout=10) == 0 and task.info(fresh=True)  # it does not need its template
     _works(spawn(["sh", "-c", "echo hi"]))
 
 

@@ -75,7 +75,10 @@ def read_reports(fd: int, timeout: float) -> Iterator[Any]:
             return
         if not readable(fd, remaining):
             return
-        part = os.read(fd, 65536)
+        try:
+            part = os.read(fd, 65536)
+        except ConnectionResetError:
+            return  # the fork server died with our request unread: nothing was started
         if not part:
             return
         buf += part

@@ -5,11 +5,11 @@ starting one if there is none, and returns the connection on which the forked
 supervisor reports (exactly as a fresh one reports on its stdout). ``None`` means "no
 template": the caller starts a fresh interpreter instead, which always works.
 
-Opt-in for now: ``$BGTASK_TEMPLATE=1`` turns it on for this caller (``0`` or unset:
-off). A forked supervisor's command line is the template's, which names no pool: tools
-that recognise a supervisor by the pool path on its command line must look at the
-pool's files instead (the test suite's leak checks do: ``tests/helpers.py``). What
-keeps it off by default is in BENCHMARKS.rst, "Thousands of tasks".
+On by default; ``$BGTASK_TEMPLATE=0`` (or ``off``, ``no``, ``false``) turns it off for
+this caller, and every spawn then starts a fresh interpreter. A forked supervisor's
+command line is the template's, which names no pool: tools that recognise a supervisor
+by the pool path on its command line must look at the pool's files instead (the test
+suite's leak checks do: ``tests/helpers.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from bgtask import _paths
-from bgtask._wire.forkserver import HELLO, NONCE, SOCK, TOKEN, proof
+from bgtask._wire.forkserver import REQUEST, SOCK, TOKEN, TOKEN_SIZE
 
 #: how long starting a template may take before we give up on it (and start fresh).
 START_TIMEOUT = 10.0
@@ -39,14 +39,14 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 
 
 def enabled() -> bool:
-    return os.environ.get("BGTASK_TEMPLATE", "0").lower() in ("1", "on", "yes", "true")
+    return os.environ.get("BGTASK_TEMPLATE", "1").lower() not in ("0", "off", "no", "false")
 
 
 def conditions_key(exe: str, pkg_dir: str) -> str:
     """A hash of what a job inherits from the process that starts its supervisor."""
     import hashlib
 
-    parts: list[Any] = [exe, pkg_dir, sys.version, sys.getfilesystemencoding(),
+    parts: list[Any] = [REQUEST, exe, pkg_dir, sys.version, sys.getfilesystemencoding(),
                         os.geteuid(), os.getegid(), os.getuid(), os.getgid(), sorted(os.getgroups()),
                         [os.environ.get(k) for k in _KEPT_ENV]]
     import resource
@@ -108,13 +108,9 @@ def _send(pool: str, key: str, data: bytes) -> socket.socket | None:
         cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         if struct.unpack("3i", cred)[1] != uid:
             raise PermissionError(errno.EACCES, "the template is not ours")
-        hello = _recv_exact(conn, len(HELLO) + NONCE)
-        if hello is None or not hello.startswith(HELLO):
-            raise ConnectionError("not a bgtask template")
         umask = os.umask(0o022)
         os.umask(umask)
-        conn.sendall(proof(token, hello[len(HELLO):]) + umask.to_bytes(4, "big")
-                     + len(data).to_bytes(4, "big") + data)
+        conn.sendall(REQUEST + token + umask.to_bytes(4, "big") + len(data).to_bytes(4, "big") + data)
     except (OSError, ValueError):
         conn.close()
         return None  # gone, killed, or refusing: a fresh interpreter will do
@@ -128,20 +124,12 @@ def _read_token(path: str) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or not _paths.is_mine(st) or st.st_mode & 0o077:
             raise PermissionError(errno.EACCES, "template token is not private", path)
-        return bytes.fromhex(os.read(fd, 200).decode().strip())
+        token = bytes.fromhex(os.read(fd, 200).decode().strip())
+        if len(token) != TOKEN_SIZE:
+            raise ValueError("not a template token")
+        return token
     finally:
         os.close(fd)
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    parts = []
-    while n > 0:
-        part = conn.recv(n)
-        if not part:
-            return None
-        parts.append(part)
-        n -= len(part)
-    return b"".join(parts)
 
 
 def _start(pool: str, key: str, exe: str, pkg_dir: str, boot: str) -> bool:

@@ -2,29 +2,36 @@
 
 A fresh supervisor costs ~20 ms of CPU (an interpreter, then its imports) and 7-8 MB of
 private memory. Children forked from one process that has imported everything a
-supervisor needs start in about a millisecond and share those pages (measured: 1.3 MB
-PSS each instead of 7.4). This module is that process:
+supervisor needs (``warm.py``) start in well under a millisecond and share those pages.
+This module is that process, the *template*:
 
 * *Started on demand* by a spawn that finds none (``_client/template.py``), as
   ``python -I -S -c <boot> <package dir> <key>`` (the pool on stdin); *key* hashes what a job
   inherits from the process that starts its supervisor (ids, groups, rlimits, nice,
-  affinity, cgroup, namespaces, capabilities, locale, interpreter): a spawner whose
-  conditions differ gets a template of its own, never a job with someone else's limits.
-  The umask is sent with each request and set in the child.
+  affinity, cgroup, namespaces, capabilities, locale, interpreter, protocol version): a
+  spawner whose conditions differ gets a template of its own, never a job with someone
+  else's limits. The umask is sent with each request and set in the child.
 * *Owner-only and authenticated like a supervisor*: its socket is 0600 in the pool,
-  ``SO_PEERCRED`` must name our uid, and the client proves it knows the token in the
-  0600 token file (HMAC-SHA256 of a fresh nonce) before anything it sends is parsed.
-  One ``flock`` per key makes it the only one; no TCP.
+  ``SO_PEERCRED`` must name our uid on both ends, and a request carries the token of the
+  0600 token file (``_wire/forkserver.py`` says why not a challenge), checked before
+  anything else of it is parsed. One ``flock`` per key makes it the only one; no TCP.
+* *A spare ready before it is asked for*: the template keeps one child forked (into a
+  session of its own) and waiting on the template's socket (:meth:`Template._spare`).
+  The spare accepts a request, tells the template (which forks the next spare at once,
+  on the other CPU), and becomes the supervisor (``boot.run``): no fork while a spawner
+  waits. If a spare cannot be forked, the template serves requests itself, forking one
+  child per request (:meth:`Template.fork`).
 * *Single-threaded* (fork copies only the calling thread), and ``gc.freeze()`` before
   serving, so that children do not write to the shared pages when they collect.
-* *Never needed by a running task*: each child double-forks into a session of its own
-  and is the supervisor from then on (``boot.run``), with a fresh token and nothing of
-  the template's: the listening socket, the lock and the template token are closed or
-  dropped, ``random`` reseeds itself at fork, multiprocessing's authkey is renewed.
+* *Never needed by a running task*: a supervisor keeps nothing of the template's: the
+  listening socket, the lock and the template token are closed or dropped, ``random``
+  reseeds itself at fork, multiprocessing's authkey is renewed, and it makes a token of
+  its own. Supervisors stay the template's children (the kernel reaps them: the template
+  ignores SIGCHLD) until it exits, then are nobody's.
 * *Exits by itself* when idle: after :data:`IDLE_EXIT` s with no task of ours left in
-  the pool, or after :data:`IDLE_MAX` s in any case. A spawn that finds it gone (or
-  killed mid-spawn, before it forked) starts a new one or falls back to a fresh
-  interpreter.
+  the pool, or after :data:`IDLE_MAX` s in any case (its spare sees its pipe close and
+  exits too). A spawn that finds it gone (or killed mid-spawn, before a supervisor
+  reported) starts a new one or falls back to a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import os
 import sys
 
 from bgtask import _paths
-from bgtask._wire.forkserver import HELLO, LOCK, NONCE, SOCK, TOKEN, proof
+from bgtask._wire.forkserver import HEADER, LOCK, REQUEST, SOCK, TOKEN, TOKEN_SIZE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,6 +53,9 @@ if TYPE_CHECKING:
 IDLE_EXIT = 2.0
 #: idle this long: exit anyway.
 IDLE_MAX = 60.0
+#: spares kept forked and waiting: a second one serves the next spawn of a quick
+#: succession while the first's replacement is being forked.
+SPARES = 1
 #: the longest request accepted (a spec with a huge environment or meta).
 MAX_REQUEST = 64 << 20
 #: a client must finish its request this fast.
@@ -90,7 +100,7 @@ class Template:
         # We hold the lock: whatever socket or token is there is a dead template's.
         for s in (SOCK, TOKEN):
             _paths.remove_if_mine(self.paths[s])
-        self.token = os.urandom(32)
+        self.token = os.urandom(TOKEN_SIZE)
         tfd = _paths.open_private(self.paths[TOKEN], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchmod(tfd, 0o600)
@@ -111,23 +121,35 @@ class Template:
             _paths.remove_if_mine(self.paths[s])
 
     def serve(self) -> None:
+        """Keep :data:`SPARES` spares forked and waiting; exit when idle (module
+        docstring)."""
         import select
         import time
 
         assert self.sock is not None
         last = time.monotonic()
+        spares: list[int] = []
         while True:
-            ready, _, _ = select.select([self.sock], [], [], 1.0)
-            now = time.monotonic()
+            while len(spares) < SPARES and (fd := self.fork_spare()) >= 0:
+                spares.append(fd)
+            # A spare's pipe reaches EOF once the spare has started its job (or died):
+            # then the loop above forks the next one. With no spare (fork failed),
+            # serve requests ourselves, the slow way.
+            ready, _, _ = select.select(spares or [self.sock], [], [], 1.0)
             if ready:
-                self.handle_one()
+                for done in ready:
+                    if done in spares:
+                        spares.remove(done)
+                        os.close(done)
+                    else:
+                        self.handle_one()
                 last = time.monotonic()
                 continue
-            idle = now - last
+            idle = time.monotonic() - last
             if idle >= IDLE_MAX or not self._files_ours() or (
                     idle >= IDLE_EXIT and not _paths.task_pids(self.pool)[0]):
                 self.remove_files()
-                return
+                return  # os._exit closes the spares' pipes: they exit too
 
     def _files_ours(self) -> bool:
         """Our socket is still where clients look (not unlinked, pool not deleted)."""
@@ -136,52 +158,129 @@ class Template:
         except OSError:
             return False
 
-    def handle_one(self) -> None:
-        import hmac
-        import socket
-        import struct
+    # -- the spare: a supervisor forked before it is asked for -----------------------------
 
+    def fork_spare(self) -> int:
+        """Fork a spare (:meth:`_spare`); the read end of its pipe, or -1 if fork failed.
+
+        Forked once, before a request arrives (not while a spawner waits), into a
+        session of its own. It stays our child: we ignore SIGCHLD (``main``), so the
+        kernel reaps it when it ends, and it is nobody's to wait for."""
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            return -1
+        if pid:
+            os.close(w)
+            return r
+        try:
+            os.close(r)
+            os.setsid()
+            self._spare(w)
+        finally:
+            os._exit(1)
+
+    def _spare(self, pipe_w: int) -> None:
+        """In the spare: wait for one request on the template's socket, tell the
+        template (close *pipe_w*: it forks the next spare), then become its supervisor.
+        Exits when the template is gone (*pipe_w* reports POLLERR)."""
+        import select
+
+        assert self.sock is not None
+        os.close(self.lock_fd)  # the template's lock is the template's alone
+        self.lock_fd = -1
+        self.sock.setblocking(False)
+        from bgtask._supervisor import threads
+        from bgtask._supervisor.launch import StartError
+
+        try:
+            threads.reserve()  # now rather than while a spawner waits (boot.run checks)
+        except StartError:
+            pass  # boot.run tries again, and reports the failure
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(pipe_w, 0)  # POLLERR once the template closed its end
+        while True:
+            events = dict(poller.poll())
+            conn = None
+            if events.get(self.sock.fileno(), 0) & select.POLLIN:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    conn = None  # taken by someone else, or reset: look again
+            if conn is not None:
+                break
+            if pipe_w in events:
+                os._exit(0)  # the template exited: no request will come for us
+        self.sock.close()  # never accept again; the next spare does
+        os.close(pipe_w)   # the template forks it now
+        request = self.read_request(conn)
+        if request is None:
+            os._exit(0)  # not a good request: nothing was started (the template forks another)
+        self._become_supervisor(conn, request[0])
+        from bgtask._supervisor import boot
+
+        boot.run(self.pool, request[1])
+
+    # -- one request ------------------------------------------------------------------------
+
+    def handle_one(self) -> None:
+        """Without a spare: accept one request and fork its supervisor here."""
         assert self.sock is not None
         try:
             conn, _ = self.sock.accept()
         except OSError:
             return
         try:
+            request = self.read_request(conn)
+            if request is not None:
+                self.fork(conn, *request)
+        finally:
+            conn.close()
+
+    def read_request(self, conn: socket.socket) -> tuple[int, bytes] | None:
+        """Check the client (our uid, our token: ``_wire/forkserver.py``) and read its
+        request: the umask and the spec; None if it is not one."""
+        import hmac
+        import socket
+        import struct
+
+        try:
             conn.settimeout(REQUEST_TIMEOUT)
             cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _pid, uid, _gid = struct.unpack("3i", cred)
             if uid != self.uid:
-                return  # the socket is 0600: only root can get here, and root is not us
-            nonce = os.urandom(NONCE)
-            conn.sendall(HELLO + nonce)
-            head = _recv_exact(conn, 32 + 4 + 4)
-            if head is None or not hmac.compare_digest(head[:32], proof(self.token, nonce)):
-                return
-            umask = int.from_bytes(head[32:36], "big")
-            size = int.from_bytes(head[36:40], "big")
+                return None  # the socket is 0600: only root can get here, and root is not us
+            head = _recv_exact(conn, HEADER)
+            if head is None or not head.startswith(REQUEST):
+                return None
+            token = head[len(REQUEST):len(REQUEST) + TOKEN_SIZE]
+            if not hmac.compare_digest(token, self.token):
+                return None
+            umask = int.from_bytes(head[-8:-4], "big")
+            size = int.from_bytes(head[-4:], "big")
             if size > MAX_REQUEST or umask > 0o777:
-                return
+                return None
             data = _recv_exact(conn, size)
             if data is None:
-                return
+                return None
             conn.settimeout(None)
-            self.fork(conn, umask, data)
         except OSError:
-            pass
-        finally:
-            conn.close()
+            return None
+        return umask, data
 
     def fork(self, conn: socket.socket, umask: int, data: bytes) -> None:
-        pid = os.fork()
-        if pid:
-            os.waitpid(pid, 0)  # the intermediate exits at once
-            return
+        if os.fork():
+            return  # the kernel reaps it (SIGCHLD is ignored)
         try:
-            # The intermediate: a new session (as a spawner's start_new_session gave
-            # the fresh supervisor), then the supervisor is its child, not ours.
-            os.setsid()
-            if os.fork():
-                os._exit(0)
+            os.setsid()  # a session of its own, as a spare's
+            assert self.sock is not None
+            self.sock.close()       # a supervisor never accepts for the template
+            os.close(self.lock_fd)  # or a new template could not start while we live
+            self.lock_fd = -1
             self._become_supervisor(conn, umask)
             from bgtask._supervisor import boot
 
@@ -190,10 +289,8 @@ class Template:
             os._exit(1)
 
     def _become_supervisor(self, conn: socket.socket, umask: int) -> None:
-        """In the child: keep nothing of the template that matters."""
-        assert self.sock is not None
-        self.sock.close()       # a supervisor never accepts for the template
-        os.close(self.lock_fd)  # or a new template could not start while we live
+        """In the child: keep nothing of the template that matters (its socket and lock
+        are closed already)."""
         self.token = b""
         os.umask(umask)
         fd = conn.detach()
@@ -231,7 +328,9 @@ def main(key: str) -> None:
     if os.fork():
         os._exit(0)  # the starter reaps the intermediate; we are nobody's child
     _signal.signal(_signal.SIGHUP, _signal.SIG_IGN)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    # Our children (spares, then supervisors) are reaped by the kernel when they end;
+    # each resets SIGCHLD for itself (boot.run) before it starts a job.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     os.chdir("/")
     template = Template(pool, key)
     try:

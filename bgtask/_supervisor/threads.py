@@ -44,12 +44,13 @@ def _worker(lock: Any, box: list[Any]) -> None:
 
 
 def reserve(n: int = SERVING_THREADS) -> None:
-    """Start *n* threads that wait for :func:`start` to give them work.
+    """Have *n* threads waiting for :func:`start` to give them work (a fork server's
+    spare reserves them before it is asked for: only the missing ones start here).
 
     :raises StartError: a thread could not be started (the process is about to exit:
         the reserved ones just wait).
     """
-    for _ in range(n):
+    for _ in range(n - len(_reserved)):
         lock = _thread.allocate_lock()
         lock.acquire()
         box: list[Any] = []
