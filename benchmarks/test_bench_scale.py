@@ -4,7 +4,8 @@
 stays a few minutes; 1000 and 4000 were run by hand for BENCHMARKS.rst). Measured:
 
 * ``python -I -S -c pass`` (the baseline of the spawn and empty-``ls`` bars);
-* ``spawn()`` median with a fresh interpreter, and with the fork server (``BGTASK_TEMPLATE=1``);
+* ``spawn()`` median with a fresh interpreter (``BGTASK_TEMPLATE=0``), and with the fork
+  server (the default);
 * 100 spawns from one process, beside task-spooler enqueuing 100 jobs (if ``tsp`` is
   installed);
 * ``search()`` at 100 and at N live tasks; ``bgtask ls`` (whole process) at N and on
@@ -114,13 +115,15 @@ def test_scale() -> None:
     os.mkdir(empty)
     made: list[bgtask.Task] = []
     r: dict[str, Any] = {"n": N, "load_before": os.getloadavg()}
+    env_template = os.environ.pop("BGTASK_TEMPLATE", None)
     try:
         r["bare_ms"] = _median_ms(_bare, 15)
         r["ls_empty_ms"] = _median_ms(lambda: subprocess.run([*BGTASK_CLI, "--pool", empty, "ls"],
                                                              check=True, capture_output=True), 15)
+        os.environ["BGTASK_TEMPLATE"] = "0"  # a fresh interpreter per supervisor...
         r["spawn_fresh_median_ms"] = _spawn_median(pool, 10, made)
         fresh = len(made)
-        os.environ["BGTASK_TEMPLATE"] = "1"  # the fork server (opt-in) from here on
+        os.environ.pop("BGTASK_TEMPLATE")  # ...then the fork server (the default) from here on
         r["spawn_median_ms"] = _spawn_median(pool, 20, made)
         t0 = time.perf_counter()
         for _ in range(100):
@@ -156,6 +159,8 @@ def test_scale() -> None:
             except bgtask.BgTaskError:
                 pass
         os.environ.pop("BGTASK_TEMPLATE", None)
+        if env_template is not None:
+            os.environ["BGTASK_TEMPLATE"] = env_template
         shutil.rmtree(tmp, ignore_errors=True)
     with open(os.path.join(HERE, f".scale-{N}.json"), "w") as f:
         json.dump(r, f, indent=1)

@@ -2,7 +2,9 @@
 driven by an event loop per test through a facade that makes it look blocking.
 
 One suite, parametrised (``api``): a behaviour written here is checked for ``Task`` and
-``AsyncTask`` alike, so the two cannot drift apart.
+``AsyncTask`` alike, so the two cannot drift apart. And twice over (``start``): with
+supervisors forked from the fork server (the default) and started as fresh interpreters
+(``BGTASK_TEMPLATE=0``, as when the fork server cannot be used).
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ class Facade:
 
     def __hash__(self) -> int:
         return hash(self._obj)
+
+
+@pytest.fixture(params=["forked", "fresh"], autouse=True)
+def start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("BGTASK_TEMPLATE", "1" if request.param == "forked" else "0")
+    return str(request.param)
 
 
 @pytest.fixture(params=["sync", "async"])
