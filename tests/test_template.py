@@ -11,6 +11,7 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from helpers import wait_for
@@ -21,8 +22,10 @@ from bgtask._client import template as _template
 
 
 @pytest.fixture(autouse=True)
-def _template_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def _template_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("BGTASK_TEMPLATE", "1")  # the default, whatever the environment says
+    yield
+    _template._shunned.clear()  # a template shunned by a test is not shunned by the next
 
 
 def _template_files(pool: bgtask.TaskPool) -> dict[str, os.stat_result]:
@@ -169,3 +172,36 @@ def test_conditions_key_changes_with_what_a_job_inherits() -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert _template.conditions_key("/x/python", "/x/bgtask") == key
+
+
+def test_a_stopped_template_costs_one_short_wait(pool: bgtask.TaskPool, spawn) -> None:
+    """A stopped fork server (and its stopped spare) cannot take a request: the spawn
+    gives up on it after TEMPLATE_FIRST_REPORT, starts a fresh supervisor, and the next
+    spawns of this process do not ask it again for a while. Continued later, it starts
+    nothing for the request it was sent."""
+    from bgtask._client.spawn import TEMPLATE_FIRST_REPORT
+
+    _works(spawn(["sh", "-c", "echo hi"]))
+    tpl = _template_pid(pool)
+    tokens = lambda: {int(n.split(".")[0]) for n in os.listdir(pool.path) if n[0].isdigit()}  # noqa: E731
+    wait_for(lambda: len(_children(tpl) - tokens()) == 1, timeout=10)
+    stopped = [tpl, *(_children(tpl) - tokens())]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        a = spawn(["sh", "-c", "echo hi"])
+        took = time.monotonic() - t0
+        assert TEMPLATE_FIRST_REPORT <= took < TEMPLATE_FIRST_REPORT + 5
+        t0 = time.monotonic()
+        b = spawn(["sh", "-c", "echo hi"])
+        assert time.monotonic() - t0 < TEMPLATE_FIRST_REPORT
+        for task in (a, b):
+            _works(task)
+            assert task.pid not in stopped
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    time.sleep(1.0)  # the spare reads the abandoned request: its report fails, it starts nothing
+    assert tokens() == {t.pid for t in pool.search()}
+    assert len(pool.search()) == 3

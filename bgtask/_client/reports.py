@@ -26,10 +26,12 @@ from bgtask._errors import SpawnError
 from bgtask._wire.faults import start_error_to_exception
 
 
-def collect(fd: int, timeout: float) -> tuple[int | None, tuple[Any, ...] | None]:
+def collect(fd: int, timeout: float, first: float | None = None) -> tuple[int | None, tuple[Any, ...] | None]:
     """The reported pid (None: none yet) and the final report (None: none came within
-    *timeout* seconds)."""
+    *timeout* seconds, or no report at all within *first* seconds)."""
     pid = None
+    if first is not None and not readable(fd, first):
+        return None, None
     for msg in read_reports(fd, timeout):
         if msg[0] == "pid":
             pid = msg[1]

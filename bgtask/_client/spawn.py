@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from bgtask._client import codec as _codec
 from bgtask._client import template as _template
-from bgtask._client.reports import collect, outcome, read_stderr
+from bgtask._client.reports import collect, outcome, read_stderr, readable
 from bgtask._client.reports import read_reports as read_reports  # template.py imports it from here
 from bgtask._errors import SpawnError
 from bgtask._wire.names import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT, SUPERVISOR_MARKER
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: how long spawn() waits for a supervisor to report before giving up on it.
 SPAWN_TIMEOUT = 30.0
+#: how long the fork server may take to say which process took a request (``pid``).
+TEMPLATE_FIRST_REPORT = 2.0
 _LOCK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,99}\Z")
 #: the bgtask package directory (the boot line makes it the path of a bare "bgtask" module).
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -298,11 +300,17 @@ def start_supervisor(pool: str, spec: JobSpec) -> int | None:
         conn = _template.request(pool, data, exe, _PKG_DIR, _TEMPLATE_BOOT)
         if conn is not None:
             with conn:
-                forked_pid, forked_final = collect(conn.fileno(), SPAWN_TIMEOUT)
+                # A spare reports its pid within a millisecond or so; silence means a
+                # stopped (or hung) fork server: give up on it -- closing the connection
+                # makes whatever reads the request later start nothing -- and start fresh.
+                forked_pid, forked_final = collect(conn.fileno(), SPAWN_TIMEOUT, TEMPLATE_FIRST_REPORT)
+                if forked_pid is None and forked_final is None and not readable(conn.fileno(), 0):
+                    _template.shun(conn)  # silent, not gone: stopped or hung
             if forked_pid is not None or forked_final is not None:
                 return outcome(pool, forked_pid, forked_final, b"")
-            # Nothing reported: the template died before it forked (killed mid-spawn).
-            # Nothing was started, so a fresh interpreter may start the job.
+            # Nothing reported: the template died before it took our request (killed
+            # mid-spawn), or is silent. Nothing was started: a fresh interpreter may
+            # start the job.
     # The supervisor's own environment (the job gets spec["env"] explicitly): glibc
     # gives the memory of a burst back (see _template.MALLOC_ENV).
     env = dict(spec["env"], **_template.MALLOC_ENV)

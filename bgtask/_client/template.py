@@ -21,6 +21,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 from typing import Any
 
 from bgtask import _paths
@@ -78,6 +79,11 @@ def _read(path: str) -> bytes:
         return b""
 
 
+#: a template that did not answer in time is not asked again for this long (seconds).
+SHUN = 10.0
+_shunned: dict[str, float] = {}
+
+
 def request(pool: str, data: bytes, exe: str, pkg_dir: str, boot: str) -> socket.socket | None:
     """Send spec *data* to the template (started if needed); the connection on which
     the supervisor reports, or None: use a fresh interpreter."""
@@ -85,10 +91,23 @@ def request(pool: str, data: bytes, exe: str, pkg_dir: str, boot: str) -> socket
     sock_path = _paths.template_path(pool, os.geteuid(), key, SOCK)
     if len(os.fsencode(sock_path)) > _paths.MAX_SOCKET_PATH:
         return None  # a long pool path: no room for the template's socket name
+    if _shunned and _shunned.get(sock_path, 0.0) > time.monotonic():
+        return None
     conn = _send(pool, key, data)
     if conn is None and _start(pool, key, exe, pkg_dir, boot):
         conn = _send(pool, key, data)
     return conn
+
+
+def shun(conn: socket.socket) -> None:
+    """The template behind *conn* did not answer in time (stopped? hung?): spawns of
+    this process start fresh interpreters instead for :data:`SHUN` seconds."""
+    try:
+        path = conn.getpeername()
+    except OSError:
+        return
+    if isinstance(path, str):
+        _shunned[path] = time.monotonic() + SHUN
 
 
 def _send(pool: str, key: str, data: bytes) -> socket.socket | None:
@@ -162,4 +181,4 @@ def _start(pool: str, key: str, exe: str, pkg_dir: str, boot: str) -> bool:
     return msg is not None and msg[0] in ("ready", "exists")
 
 
-__all__ = ["MALLOC_ENV", "conditions_key", "enabled", "request"]
+__all__ = ["MALLOC_ENV", "SHUN", "conditions_key", "enabled", "request", "shun"]
