@@ -23,10 +23,10 @@ _MADE: list[str] = []
 _mkdtemp = tempfile.mkdtemp
 
 
-def _recording_mkdtemp(*args: object, **kwargs: object) -> str:
+def _recording_mkdtemp(*args: object, **kwargs: object) -> str | bytes:
     path = _mkdtemp(*args, **kwargs)  # type: ignore[call-overload]
-    _MADE.append(os.path.realpath(path))
-    return str(path)
+    _MADE.append(os.path.realpath(os.fsdecode(path)))
+    return path
 
 
 tempfile.mkdtemp = _recording_mkdtemp  # type: ignore[assignment]

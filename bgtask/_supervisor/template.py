@@ -29,8 +29,8 @@ This module is that process, the *template*:
   its own. Supervisors stay the template's children (the kernel reaps them: the template
   ignores SIGCHLD) until it exits, then are nobody's.
 * *Exits by itself* when idle: after :data:`IDLE_EXIT` s with no task of ours left in
-  the pool, or after :data:`IDLE_MAX` s in any case (its spare sees its pipe close and
-  exits too). A spawn that finds it gone (or killed mid-spawn, before a supervisor
+  the pool, or after :data:`IDLE_MAX` s in any case (its spare watches the clock and
+  tells it; a template whose spare sees its pipe close exits too). A spawn that finds it gone (or killed mid-spawn, before a supervisor
   reported) starts a new one or falls back to a fresh interpreter.
 """
 
@@ -53,9 +53,8 @@ if TYPE_CHECKING:
 IDLE_EXIT = 2.0
 #: idle this long: exit anyway.
 IDLE_MAX = 60.0
-#: spares kept forked and waiting: a second one serves the next spawn of a quick
-#: succession while the first's replacement is being forked.
-SPARES = 1
+#: what a spare writes to the template when the pool has been idle long enough.
+IDLE = b"i"
 #: the longest request accepted (a spec with a huge environment or meta).
 MAX_REQUEST = 64 << 20
 #: a client must finish its request this fast.
@@ -121,35 +120,55 @@ class Template:
             _paths.remove_if_mine(self.paths[s])
 
     def serve(self) -> None:
-        """Keep :data:`SPARES` spares forked and waiting; exit when idle (module
-        docstring)."""
+        """Keep a spare forked and waiting; exit when it says the pool is idle (module
+        docstring).
+
+        Between two forks we run as little as we can: one blocking ``read`` on the
+        spare's pipe. Every page we write after a fork is copied, and the child is left
+        the only owner of the old one -- private memory of every supervisor alive. So
+        the idle checks run in the spare (:meth:`_spare`), which tells us "idle"
+        (:data:`IDLE`) or closes the pipe once it took a request (or died): then the
+        next spare is forked at once, on the other CPU, while this one starts its job."""
+        while True:
+            spare = self.fork_spare()
+            if spare < 0:
+                if not self.serve_alone():
+                    return
+                continue
+            try:
+                said = os.read(spare, 1)
+            except OSError:
+                said = b""
+            os.close(spare)
+            if said == IDLE:
+                self.remove_files()
+                return  # os._exit(0) follows
+
+    def serve_alone(self) -> bool:
+        """No spare could be forked: serve requests ourselves, forking one child per
+        request (slower), until the next request (True: try a spare again) or until
+        idle (False: our files are removed, exit)."""
         import select
         import time
 
         assert self.sock is not None
-        last = time.monotonic()
-        spares: list[int] = []
+        since = time.monotonic()
         while True:
-            while len(spares) < SPARES and (fd := self.fork_spare()) >= 0:
-                spares.append(fd)
-            # A spare's pipe reaches EOF once the spare has started its job (or died):
-            # then the loop above forks the next one. With no spare (fork failed),
-            # serve requests ourselves, the slow way.
-            ready, _, _ = select.select(spares or [self.sock], [], [], 1.0)
-            if ready:
-                for done in ready:
-                    if done in spares:
-                        spares.remove(done)
-                        os.close(done)
-                    else:
-                        self.handle_one()
-                last = time.monotonic()
-                continue
-            idle = time.monotonic() - last
-            if idle >= IDLE_MAX or not self._files_ours() or (
-                    idle >= IDLE_EXIT and not _paths.task_pids(self.pool)[0]):
+            if select.select([self.sock], [], [], 1.0)[0]:
+                self.handle_one()
+                return True
+            if self.idle(since):
                 self.remove_files()
-                return  # os._exit closes the spares' pipes: they exit too
+                return False
+
+    def idle(self, since: float) -> bool:
+        """Has the pool been idle long enough (nothing asked of us since *since*) for
+        the template to exit?"""
+        import time
+
+        quiet = time.monotonic() - since
+        return quiet >= IDLE_MAX or not self._files_ours() or (
+            quiet >= IDLE_EXIT and not _paths.task_pids(self.pool)[0])
 
     def _files_ours(self) -> bool:
         """Our socket is still where clients look (not unlinked, pool not deleted)."""
@@ -200,11 +219,17 @@ class Template:
             threads.reserve()  # now rather than while a spawner waits (boot.run checks)
         except StartError:
             pass  # boot.run tries again, and reports the failure
+        import time
+
+        born = time.monotonic()  # the template's last request, or its start
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(pipe_w, 0)  # POLLERR once the template closed its end
         while True:
-            events = dict(poller.poll())
+            events = dict(poller.poll(1000))
+            if not events and self.idle(born) and not poller.poll(0):
+                os.write(pipe_w, IDLE)  # the template removes its files and exits
+                os._exit(0)
             conn = None
             if events.get(self.sock.fileno(), 0) & select.POLLIN:
                 try:
