@@ -88,17 +88,20 @@ def launch(argv: list[str], env: dict[str, str], cwd: str, lock_fd: int = -1,
     return pid, w0, r1, r2
 
 
-#: the size of a new job's output pipes: 4 pages, so that one write of a few KiB
-#: still arrives in one piece (a read right after it sees all of it).
-OUTPUT_PIPE = 16384
+#: the size of a new job's output pipes: one page. The pump grows a pipe it finds
+#: full to 1 MiB at once (``io.py``), so only an idle job keeps the small one.
+OUTPUT_PIPE = 4096
 
 
 def small_pipe(size: int = 4096) -> tuple[int, int]:
-    """``os.pipe()`` of *size* bytes (stdin and the signal pipe: one page). Pipes count
-    against a per-user budget of pages (``pipe-user-pages-soft``, 16384) shared by every
-    task; at 16 pages a pipe, 340 idle tasks used it up and later jobs got pipes that
-    could not grow. 9 pages a task leave room for 1,800 idle tasks and for busy pipes.
-    The pump grows a busy output pipe (``io.py``)."""
+    """``os.pipe()`` of *size* bytes (one page by default). Pipes count against a
+    per-user budget of pages (``pipe-user-pages-soft``, 16384) shared by every task:
+    past it, a non-root user's new pipes get 2 pages and cannot grow, and a new job's
+    output flows ~6x slower. At 16 pages a pipe, 340 idle tasks used it up; an idle
+    task now holds 3 pages (stdin, stdout, stderr; its other wake-ups are an eventfd
+    and a socketpair), which leaves room for ~5,000 idle tasks and for busy pipes
+    (measured: ``benchmarks/test_bench_pipes.py``). The pump grows a busy output pipe
+    (``io.py``)."""
     import fcntl  # already imported by the boot (make_files): free here
 
     r, w = os.pipe()
@@ -218,10 +221,14 @@ def wait_sweep_lock(fd: int, path: str, report_fd: int = 1) -> None:
 
 def catch_signals() -> int:
     """Catch the signals a supervisor forwards to its job (TERM, INT, HUP, QUIT, USR1,
-    USR2); returns the read end of the pipe their numbers arrive on (the server reads
+    USR2); returns the read end of the socketpair their numbers arrive on (the server reads
     it). Done before the boot reports, so that a ``kill <task id>`` right after
     ``spawn()`` returned is forwarded, never the supervisor's death."""
-    r, w = small_pipe()  # both close-on-exec
+    import _socket
+
+    # A socketpair, not a pipe: it costs nothing of the per-user pipe budget.
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    r, w = a.detach(), b.detach()  # both close-on-exec (sockets are made so)
     os.set_blocking(r, False)
     os.set_blocking(w, False)
     _signal.set_wakeup_fd(w, warn_on_full_buffer=False)

@@ -185,7 +185,9 @@ class Template:
         Forked once, before a request arrives (not while a spawner waits), into a
         session of its own. It stays our child: we ignore SIGCHLD (``main``), so the
         kernel reaps it when it ends, and it is nobody's to wait for."""
-        r, w = os.pipe()
+        from bgtask._supervisor.launch import small_pipe
+
+        r, w = small_pipe()  # one page of the user's pipe budget, not 16
         try:
             pid = os.fork()
         except OSError:
