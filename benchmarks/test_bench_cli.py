@@ -11,13 +11,19 @@ environment has), beside both baselines in the same run, interleaved round by ro
 Bytecode is written first (one warm-up run without ``PYTHONDONTWRITEBYTECODE``), as an
 installed package has it. The modules an empty ``ls`` imports are listed too (the heavy
 ones it must not need: dill, filelock, threading, multiprocessing, asyncio...). Results
-go to ``benchmarks/.scale-cli.json`` and the terminal; nothing is asserted.
+go to ``benchmarks/.scale-cli.json`` and the terminal; nothing is asserted about time.
+
+:func:`test_quick_path_parses_as_argparse` checks the quick path (command lines of flags
+parsed without argparse) against argparse itself, over random command lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -31,9 +37,12 @@ from _common import HERE, PY
 
 ROUNDS = int(os.environ.get("BGTASK_BENCH_CLI_ROUNDS", "31"))
 _SCRIPT = os.path.join(os.path.dirname(PY), "bgtask")
-#: what an empty ``ls`` should not import (json and typing come with argparse's users).
+#: what an empty ``ls`` should not import: argparse (with re, gettext, locale) is only for
+#: command lines the quick path of ``bgtask.cli`` leaves to it; re, enum (signal), typing,
+#: json and pathlib each cost more than a tenth of the whole run.
 HEAVY = ("dill", "filelock", "threading", "concurrent.futures", "multiprocessing", "asyncio",
-         "subprocess", "socket", "tempfile", "shutil", "json", "typing")
+         "subprocess", "socket", "tempfile", "shutil", "json", "typing", "argparse", "gettext",
+         "locale", "re", "enum", "signal", "pathlib", "collections")
 
 
 def _imported(env: dict[str, str]) -> list[str]:
@@ -80,3 +89,34 @@ def test_ls_empty_pool() -> None:
     with open(os.path.join(HERE, ".scale-cli.json"), "w") as f:
         json.dump(r, f, indent=1)
     print(json.dumps(r, indent=1), file=sys.stderr)
+
+
+#: words the random command lines of the check below are made of.
+_WORDS = ("ls", "ps", "clean", "web", "info", "spawn", "kill", "rm", "wait", "bogus", "--help", "-h",
+          "--version", "--pool", "--pool=", "--pool=/x", "/y", "-x", "--running", "--finished", "-q",
+          "--quiet", "--json", "-w", "--wide", "-u", "--meta", "a=b", "--run", "-qw", "--", "--host",
+          "--port", "--any", "-f", "--force", "1", "--timeout")
+
+
+def test_quick_path_parses_as_argparse() -> None:
+    """Every command line the quick path answers gives the namespace argparse gives."""
+    from bgtask import cli
+
+    rng = random.Random(12)
+    cases = [["ls"], ["ps"], ["--pool", "/a", "ls"], ["--pool=/a", "--pool", "/b", "ls", "--pool", "/c"],
+             ["ls", "--running", "--running"], ["ls", "-q", "-w", "--running"], ["clean"], ["web"]]
+    cases += [[rng.choice(_WORDS) for _ in range(n)] for n in range(1, 7) for _ in range(2000)]
+    quick = 0
+    for argv in cases:
+        got = cli.quick_args(argv)
+        if got is None:
+            continue
+        quick += 1
+        parser = cli.build_parser(cli._command_word(argv))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            try:
+                expected = parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"quick path answered {argv}, argparse says: {err.getvalue()}")
+        assert vars(got) == vars(expected), argv
+    assert quick > 100

@@ -1,5 +1,10 @@
-"""The command line's argument parsing: the parser class, the argument types, and the
-two exceptions every command raises for the user.
+"""The command line's argparse parser: the parser class, ``--pool``, and the parser of
+the whole command line built from each command's ``X_arguments``.
+
+Only imported when ``cli``'s quick path cannot answer (help, a value, a positional, a
+mistake): argparse, with re and gettext, is most of what an empty ``bgtask ls`` would
+cost. The argument types and the two exceptions every command raises live in
+``_cli_io``, which the commands import anyway.
 
 Usage errors are the caller's mistakes (exit status 2) and are worded by the parser of
 the command that was given, so that ``bgtask ls --bogus`` says ``bgtask ls: ...`` and
@@ -9,11 +14,14 @@ points at ``bgtask ls --help``, not at the top-level help.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from bgtask._cli_jobs import Command
 
 PROG = "bgtask"
 
@@ -38,14 +46,6 @@ SUGGESTIONS = {
     "write": ("send",),
     "messages": ("msg",),
 }
-
-
-class UsageError(Exception):
-    """A command line that cannot be run as given (exit status 2)."""
-
-
-class Failure(Exception):
-    """A one-line error already worded for the user (exit status 1)."""
 
 
 class PoolAction(argparse.Action):
@@ -143,74 +143,37 @@ def unknown_command(word: str, commands: list[str]) -> str:
     return text
 
 
-# -- argument types --------------------------------------------------------------------------
+def build_parser(commands: Sequence[Command], version: str, only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the whole command line; each command adds its own arguments.
+
+    :param only: build just this command's parser (a command name or alias): building
+        all 17 was a third of an empty ``bgtask ls``'s run.
+    """
+    common = Parser(add_help=False)
+    common.add_argument("--pool", metavar="POOL", default=argparse.SUPPRESS, action=PoolAction,
+                        help="the pool: a directory or ssh://[user@]host[:port][/dir] (default: "
+                        "$BGTASK_POOL, else the default pool); ls takes several and merges them")
+    parser = Parser(prog=PROG, parents=[common],
+                    description="Background jobs that outlive the process that started them.",
+                    epilog=f"'{PROG} COMMAND --help' tells more about each command.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in commands:
+        if only is not None and only != command.name and only not in command.aliases:
+            continue
+        p = sub.add_parser(command.name, aliases=list(command.aliases), parents=[common],
+                           help=command.help, description=command.help)
+        assert isinstance(p, Parser)
+        p.set_defaults(func=command.run, command=command.name)
+        p.is_command = True
+        command.arguments(p)
+        # Options after a list of positionals (``kill 1 -s INT 2``) need the intermixed
+        # parse, which formats the usage first (~9 regular expressions compiled): only
+        # where a list is taken; spawn's options end where the command begins.
+        p.intermixed = command.name != "spawn" and any(
+            a.nargs in ("*", "+") for a in p._get_positional_actions())
+    return parser
 
 
-def pid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a task id: {text!r}")
-    return value
 
-
-def count(text: str) -> int:
-    """A number of lines: 0 or more (``tail -n -2`` is a mistake, not "nothing")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def size(text: str) -> int:
-    """``4096``, ``64K``, ``1M``, ``2G`` (powers of 1024)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = 1
-    if t and t[-1] in "KMG":
-        factor = 1024 ** ("KMG".index(t[-1]) + 1)
-        t = t[:-1]
-    try:
-        value = float(t) * factor
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4096, 64K, 1M)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    if not value < 1 << 62:  # also nan and inf
-        raise argparse.ArgumentTypeError(f"too large a size: {text!r}")
-    return int(value)
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    if not value < 1e9:  # also nan and inf (no clock waits that long)
-        raise argparse.ArgumentTypeError(f"too long a time: {text!r} seconds")
-    return value
-
-
-def pair(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
-    return key, value
-
-
-def meta_value(text: str) -> Any:
-    """A ``--meta`` value: JSON when it parses (``3``, ``true``, ``[1, 2]``), else the string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-__all__ = ["PROG", "Failure", "Formatter", "Parser", "PoolAction", "UsageError", "count", "meta_value", "pair", "pid", "seconds",
-           "size", "unknown_command"]
+__all__ = ["PROG", "Formatter", "Parser", "PoolAction", "build_parser", "terminal_columns", "unknown_command"]

@@ -1,6 +1,7 @@
 """How the command line moves a job's output to ours: consuming only what was really
 written out, draining a job that is still writing, following two streams at once, and
-the terminal facts (is it one, does it want colour).
+the terminal facts (is it one, does it want colour); and the user's words both ways:
+the argument types, and the errors every command raises for the user.
 
 A job's stdout goes to our stdout and its stderr to our stderr, as ``docker logs``
 does, so that ``bgtask cat 42 >out 2>err`` separates them again.
@@ -12,11 +13,16 @@ import errno
 import os
 import sys
 import time
-from collections.abc import Iterator
-from typing import IO, Any
 
 import bgtask
 from bgtask import _format
+
+# Light on purpose: every command imports this module, an empty `bgtask ls` too, and
+# typing (with re, enum, collections...) costs more than that whole run should.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import IO, Any
 
 PROG = "bgtask"
 #: bytes asked of the supervisor at a time by ``cat`` (its replies are capped anyway).
@@ -33,6 +39,14 @@ EXIT_PIPE = 141
 
 class PipeClosed(Exception):
     """Our stdout or stderr was closed by its reader (``| head``, ``| less`` and ``q``)."""
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit status 2)."""
+
+
+class Failure(Exception):
+    """A one-line error already worded for the user (exit status 1)."""
 
 
 # -- the terminal ----------------------------------------------------------------------------
@@ -281,5 +295,86 @@ def stream_info(task: bgtask.Task, name: str) -> dict[str, Any]:
     return dict(task.info(fresh=True)["streams"][name])
 
 
-__all__ = ["EXIT_PIPE", "PipeClosed", "consume_to", "copy_streams", "drain", "error", "error_text", "follow_from", "is_terminal",
-           "last_lines", "output_of", "quiet_output", "stream_info", "wants_colour", "write"]
+# -- argument types --------------------------------------------------------------------------
+# Called by argparse only (the quick path of ``cli`` parses no values), so argparse is
+# loaded whenever one of them complains.
+
+
+def _invalid(message: str) -> Exception:
+    """argparse's ArgumentTypeError: argparse shows its message as it is."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
+def pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise _invalid(f"not a task id: {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A number of lines: 0 or more (``tail -n -2`` is a mistake, not "nothing")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise _invalid(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise _invalid(f"must not be negative: {text!r}")
+    return value
+
+
+def size(text: str) -> int:
+    """``4096``, ``64K``, ``1M``, ``2G`` (powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    factor = 1
+    if t and t[-1] in "KMG":
+        factor = 1024 ** ("KMG".index(t[-1]) + 1)
+        t = t[:-1]
+    try:
+        value = float(t) * factor
+    except ValueError:
+        raise _invalid(f"not a size in bytes: {text!r} (e.g. 4096, 64K, 1M)") from None
+    if value < 0:
+        raise _invalid(f"must not be negative: {text!r}")
+    if not value < 1 << 62:  # also nan and inf
+        raise _invalid(f"too large a size: {text!r}")
+    return int(value)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _invalid(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise _invalid(f"must not be negative: {text!r}")
+    if not value < 1e9:  # also nan and inf (no clock waits that long)
+        raise _invalid(f"too long a time: {text!r} seconds")
+    return value
+
+
+def pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise _invalid(f"expected KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def meta_value(text: str) -> Any:
+    """A ``--meta`` value: JSON when it parses (``3``, ``true``, ``[1, 2]``), else the string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+__all__ = ["EXIT_PIPE", "Failure", "PipeClosed", "UsageError", "consume_to", "copy_streams", "count", "drain", "error",
+           "error_text", "follow_from", "is_terminal", "last_lines", "meta_value", "output_of", "pair", "pid",
+           "quiet_output", "seconds", "size", "stream_info", "wants_colour", "write"]

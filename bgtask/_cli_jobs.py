@@ -5,15 +5,32 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import sys
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import bgtask
-from bgtask._cli_args import PROG, Failure, UsageError, count, meta_value, pair, pid, seconds, size
-from bgtask._cli_io import copy_streams, error, error_text
+from bgtask._cli_io import (
+    PROG,
+    Failure,
+    UsageError,
+    copy_streams,
+    count,
+    error,
+    error_text,
+    meta_value,
+    pair,
+    pid,
+    seconds,
+    size,
+)
+
+# typing, collections.abc and argparse for the annotations only: an empty `bgtask ls`
+# imports this module, and any of them costs more than the rest of its run.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
 
 #: ``wait --timeout`` ran out, like ``timeout(1)``.
 EXIT_TIMEOUT = 124
@@ -21,12 +38,24 @@ EXIT_TIMEOUT = 124
 SHELL_SYNTAX = frozenset(" |&;<>()$`*?~'\"\\")
 
 
-class Command(NamedTuple):
-    name: str
-    run: Callable[[argparse.Namespace], int]
-    arguments: Callable[[argparse.ArgumentParser], None]
-    help: str
-    aliases: tuple[str, ...] = ()
+class Command:
+    """A command: its name, what runs it (``cmd_X(args)``, returning the exit status),
+    what declares its arguments (``X_arguments(p)``, on an argparse parser or on the
+    recorder of ``cli``'s quick path), its one-line help and its other names."""
+
+    __slots__ = ("aliases", "arguments", "help", "name", "run")
+
+    def __init__(self, name: str, run: Callable[[argparse.Namespace], int],
+                 arguments: Callable[[argparse.ArgumentParser], None], help: str,
+                 aliases: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.run = run
+        self.arguments = arguments
+        self.help = help
+        self.aliases = aliases
+
+    def __repr__(self) -> str:
+        return f"Command({self.name!r})"
 
 
 def pid_arg(p: argparse.ArgumentParser) -> None:
@@ -101,7 +130,7 @@ def spawn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true",
                    help="stream the output until the job ends; exit with its exit status")
     p.add_argument("--rm", action="store_true", help="with --follow: delete the task when it ends")
-    p.add_argument("cmd", metavar="-- CMD ARGS", nargs=argparse.REMAINDER, help="the command")
+    p.add_argument("cmd", metavar="-- CMD ARGS", nargs="...", help="the command")  # argparse.REMAINDER
 
 
 def _slot(text: str) -> tuple[str, int]:

@@ -5,25 +5,33 @@ beside it; :data:`COMMANDS` lists them for the parser.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from typing import Any
 
 import bgtask
 from bgtask import _format
-from bgtask._cli_args import UsageError, count, meta_value, pair, seconds
 from bgtask._cli_io import (
+    UsageError,
     copy_streams,
+    count,
     drain,
     is_terminal,
     last_lines,
+    meta_value,
     output_of,
+    pair,
+    seconds,
     stream_info,
     wants_colour,
     write,
 )
 from bgtask._cli_jobs import Command, pid_arg, pool_of, task_of
+
+# argparse and typing for the annotations only, json where it is used: an empty
+# `bgtask ls` imports this module, and each of them costs more than the rest of its run.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 #: bytes read at a time from our stdin (``send -``).
 CHUNK = 64 * 1024
@@ -91,6 +99,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         tasks = pool_of(args).search(where if wanted else None, **pattern)
     infos = [t.info() for t in tasks]
     if args.json:
+        import json
+
         print(json.dumps([_format.jsonable_info(i) for i in infos], indent=2))
     elif args.quiet:
         for info in infos:
@@ -130,6 +140,8 @@ def info_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     info = task_of(args, args.pid).info(fresh=True)
     if args.json:
+        import json
+
         print(json.dumps(_format.jsonable_info(info), indent=2))
         return 0
     lines = _format.info_lines(info, style="json")
@@ -260,6 +272,8 @@ def cmd_meta(args: argparse.Namespace) -> int:
     else:
         meta = task.info(fresh=True)["meta"]
     if args.json:
+        import json
+
         print(json.dumps({k: _format.jsonable(v) for k, v in meta.items()}, indent=2))
     else:
         for key in sorted(meta):

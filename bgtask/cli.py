@@ -17,19 +17,38 @@ Conventions borrowed from pueue, supervisorctl, pm2, docker and the shell:
   with 141, as the shell reports for a command killed by SIGINT or SIGPIPE.
 
 The commands live in ``_cli_jobs`` (start and steer) and ``_cli_show`` (look and
-talk); moving output is ``_cli_io``; the parser and argument types ``_cli_args``.
+talk); moving output, the argument types and the errors are ``_cli_io``; the argparse
+parser is ``_cli_args``. A command line made only of option flags (``ls``, ``ps -q``,
+``--pool DIR ls --running``) is parsed here without argparse (:func:`quick_args`), from
+the same ``X_arguments`` declarations: argparse (with re and gettext) and building its
+parser were most of an empty ``bgtask ls``'s run. Anything else goes to argparse.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import bgtask
-from bgtask._cli_args import PROG, Failure, Parser, PoolAction, UsageError
-from bgtask._cli_io import EXIT_PIPE, PipeClosed, error, error_text, quiet_output
+from bgtask._cli_io import EXIT_PIPE, PROG, Failure, PipeClosed, UsageError, error, error_text, quiet_output
 from bgtask._cli_jobs import START, STEER, Command
 from bgtask._cli_show import COMMANDS as SHOW
+
+# argparse for the annotations only (see quick_args); typing is not imported either.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from argparse import Namespace
+    from typing import Any
+else:
+
+    class Namespace:
+        """What argparse's parse gives the commands (attributes), without argparse."""
+
+        def __init__(self, **values: Any) -> None:
+            self.__dict__.update(values)
+
+        def __repr__(self) -> str:
+            return f"Namespace({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 #: Ctrl-C: 128 + SIGINT, what a shell reports for a command it interrupted.
 EXIT_INTERRUPTED = 130
@@ -62,14 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line *argv* (default: ``sys.argv[1:]``); returns the exit status."""
     if argv is None:
         argv = sys.argv[1:]
-    parser = build_parser(_command_word(argv))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    if getattr(args, "func", None) is None:  # no command: what are the commands?
-        parser.print_help(sys.stderr)
-        return 2
+    args = quick_args(argv)
+    if args is None:
+        parser = build_parser(_command_word(argv))
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version, usage errors
+            return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        if getattr(args, "func", None) is None:  # no command: what are the commands?
+            parser.print_help(sys.stderr)
+            return 2
     try:
         return int(args.func(args))
     except UsageError as exc:
@@ -86,49 +107,120 @@ def main(argv: list[str] | None = None) -> int:
         return error(f"unexpected {type(exc).__name__}: {exc}")
 
 
+def _command_of(word: str) -> Command | None:
+    for command in COMMANDS:
+        if word == command.name or word in command.aliases:
+            return command
+    return None
+
+
 def _command_word(argv: list[str]) -> str | None:
     """The command *argv* names, if it names one after the top-level options; else None
     (no command, ``--help``, ``--version``, a mistake: the whole parser answers those)."""
-    names = {n for c in COMMANDS for n in (c.name, *c.aliases)}
     args = iter(argv)
     for arg in args:
         if arg == "--pool":
             next(args, None)
         elif not arg.startswith("--pool="):
-            return arg if arg in names else None
+            return arg if _command_of(arg) is not None else None
     return None
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser of the whole command line; each command adds its own arguments.
+    """The argparse parser of the whole command line (see ``_cli_args.build_parser``);
+    *only*: just this command's (a name or alias)."""
+    from bgtask._cli_args import build_parser as build
 
-    :param only: build just this command's parser (a command name or alias): building
-        all 17 was a third of an empty ``bgtask ls``'s run.
+    return build(COMMANDS, bgtask.__version__, only)
+
+
+# -- the quick path: option flags only, without argparse ---------------------------------------
+
+
+class _Declared:
+    """Stands in for the parser a command's ``X_arguments(p)`` declares its arguments on,
+    and keeps what was declared: ``(options, group)`` for each argument (*group*: its
+    mutually exclusive group, or None)."""
+
+    usage: str | None = None
+
+    def __init__(self, arguments: list[tuple[tuple[str, ...], dict[str, Any], object]] | None = None,
+                 group: object = None) -> None:
+        self.arguments = [] if arguments is None else arguments
+        self.group = group
+
+    def add_argument(self, *names: str, **options: Any) -> None:
+        self.arguments.append((names, options, self.group))
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _Declared:
+        return _Declared(self.arguments, self.group)
+
+    def add_mutually_exclusive_group(self, *args: Any, **kwargs: Any) -> _Declared:
+        return _Declared(self.arguments, object())
+
+
+def _pool_option(argv: list[str], i: int, pools: list[str]) -> int:
+    """``--pool X`` or ``--pool=X`` at ``argv[i]``: appends X to *pools*, returns how many
+    words it took (0: not one, or one argparse must judge, e.g. ``--pool -x``)."""
+    arg = argv[i]
+    if arg.startswith("--pool="):
+        pools.append(arg[len("--pool="):])
+        return 1
+    if arg == "--pool" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+        pools.append(argv[i + 1])
+        return 2
+    return 0
+
+
+def quick_args(argv: list[str]) -> Namespace | None:
+    """What ``build_parser().parse_args(argv)`` gives, for the command lines made of
+    ``--pool`` options, a command, and the command's option flags (``store_true``) and
+    ``--pool`` options: read from the command's own ``X_arguments``, the one definition.
+    None for anything else (help, an option taking a value, a positional, an
+    abbreviation, a mistake): argparse answers, and words the errors.
     """
-    common = Parser(add_help=False)
-    common.add_argument("--pool", metavar="POOL", default=argparse.SUPPRESS, action=PoolAction,
-                        help="the pool: a directory or ssh://[user@]host[:port][/dir] (default: "
-                        "$BGTASK_POOL, else the default pool); ls takes several and merges them")
-    parser = Parser(prog=PROG, parents=[common],
-                    description="Background jobs that outlive the process that started them.",
-                    epilog=f"'{PROG} COMMAND --help' tells more about each command.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {bgtask.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for command in COMMANDS:
-        if only is not None and only != command.name and only not in command.aliases:
-            continue
-        p = sub.add_parser(command.name, aliases=list(command.aliases), parents=[common],
-                           help=command.help, description=command.help)
-        assert isinstance(p, Parser)
-        p.set_defaults(func=command.run, command=command.name)
-        p.is_command = True
-        command.arguments(p)
-        # Options after a list of positionals (``kill 1 -s INT 2``) need the intermixed
-        # parse, which formats the usage first (~9 regular expressions compiled): only
-        # where a list is taken; spawn's options end where the command begins.
-        p.intermixed = command.name != "spawn" and any(
-            a.nargs in ("*", "+") for a in p._get_positional_actions())
-    return parser
+    top: list[str] = []
+    i = 0
+    while i < len(argv) and (took := _pool_option(argv, i, top)):
+        i += took
+    command = _command_of(argv[i]) if i < len(argv) else None
+    if command is None:
+        return None
+    declared = _Declared()
+    command.arguments(declared)  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    flags: dict[str, tuple[str, object]] = {}
+    for names, options, group in declared.arguments:
+        action = options.get("action", "store")
+        if not names[0].startswith("-") or options.get("required"):
+            return None  # a positional, a required option: argparse
+        dest = options.get("dest") or next(
+            (n for n in names if n.startswith("--")), names[0]).lstrip("-").replace("-", "_")
+        default = options.get("default")
+        if action == "store_true":
+            default = options.get("default", False)
+            flags.update((n, (dest, group)) for n in names)
+        elif isinstance(default, str) and options.get("type") is not None:
+            return None  # argparse would convert it
+        values[dest] = default
+    sub: list[str] = []
+    given: dict[object, str] = {}
+    i += 1
+    while i < len(argv):
+        took = _pool_option(argv, i, sub)
+        if not took:
+            dest, group = flags.get(argv[i], ("", None))
+            if not dest:
+                return None  # not a flag of this command (a value, a mistake, --help...)
+            if group is not None and given.setdefault(group, dest) != dest:
+                return None  # excludes a flag given before: argparse says so
+            values[dest] = True
+            took = 1
+        i += took
+    pools = sub or top  # as argparse: the command's own --pool options replace the others
+    if pools:
+        values.update(pools=pools, pool=pools[-1])
+    return Namespace(**values, command=command.name, func=command.run)
 
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "quick_args"]
