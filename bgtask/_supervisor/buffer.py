@@ -16,14 +16,28 @@ The supervisor imports this module: standard library core only.
 from __future__ import annotations
 
 from bisect import bisect_right
+from sys import getrefcount
 
 #: a small append is merged into a growing tail chunk up to this size, so that a job
 #: printing one short line at a time does not cost a Python object per line.
 _COALESCE = 64 * 1024
 
 
+#: a slab: the memory a busy pump reads into (:class:`Slabs`). At or above glibc's mmap
+#: threshold (``MALLOC_MMAP_THRESHOLD_=131072``, ``_client/template.py``), so each is a
+#: mapping of its own that ``free`` gives back at once: a burst's memory goes back to the
+#: system as readers consume it, with no ``malloc_trim``.
+SLAB = 128 * 1024
+#: a read shorter than this is copied out of the slab (the slab's place is reused at once):
+#: :meth:`ByteBuffer.append` copies such pieces into its small-append tail anyway.
+_SMALL = 4096
+#: slabs looked at (oldest first) for a free one before a new one is made.
+_PROBES = 8
+
+
 class Chunks(list["bytes | memoryview"]):
-    """Bytes held as pieces (``bytes`` or ``memoryview`` of ``bytes``): a read's data on
+    """Bytes held as pieces (``bytes``, or read-only ``memoryview`` of ``bytes`` or of a
+    slab): a read's data on
     its way to the socket, which the supervisor writes out piece by piece (``writev``)
     instead of joining them. Anything else that pickles it gets plain ``bytes``.
     """
@@ -47,8 +61,8 @@ class ByteBuffer:
         past it drops the oldest unread bytes instead and counts them in ``dropped``.
     """
 
-    __slots__ = ("_chunks", "_head", "_starts", "cursor", "drop", "dropped", "inflight", "limit",
-                 "max_unread", "retain", "start")
+    __slots__ = ("_chunks", "_head", "_starts", "cursor", "drop", "dropped", "heap_freed",
+                 "inflight", "limit", "max_unread", "retain", "start")
 
     def __init__(self, retain: int = 0, max_unread: int = 64 << 20, drop: bool = False) -> None:
         self.retain = retain
@@ -61,9 +75,13 @@ class ByteBuffer:
         #: bytes consumed by a read whose reply is still being sent: the reply holds them,
         #: so they count against max_unread until it is out (see Outputs.reply_sent).
         self.inflight = 0
+        #: bytes of heap chunks (``bytes``, ``bytearray``: not slabs) let go so far
+        self.heap_freed = 0
         # chunks[i] holds bytes [starts[i], starts[i] + len(chunks[i])); entries before
         # _head are freed (None) and compacted away from time to time.
-        self._chunks: list[bytes | bytearray | None] = []
+        # A chunk is bytes, a growing bytearray (the tail of small appends), or a
+        # read-only memoryview of a slab (never written while a view of it lives).
+        self._chunks: list[bytes | bytearray | memoryview | None] = []
         self._starts: list[int] = []
         self._head = 0
 
@@ -81,14 +99,15 @@ class ByteBuffer:
         replies still being sent count as held)."""
         return max(0, self.max_unread - self.unread - self.inflight)
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | memoryview) -> None:
+        """Append *data*: ``bytes``, or a read-only ``memoryview`` (held as it is)."""
         n = len(data)
         if not n:
             return
         tail = self._chunks[-1] if len(self._chunks) > self._head else None
-        if n < 4096 and isinstance(tail, bytearray) and len(tail) + n <= _COALESCE:
+        if n < _SMALL and isinstance(tail, bytearray) and len(tail) + n <= _COALESCE:
             tail += data
-        elif n < 4096:
+        elif n < _SMALL:
             self._chunks.append(bytearray(data))
             self._starts.append(self.limit)
         else:
@@ -132,10 +151,12 @@ class ByteBuffer:
             assert chunk is not None
             first = starts[i]
             a, b = pos - first, min(len(chunk), end - first)
-            if type(chunk) is not bytes:
-                out.append(bytes(chunk[a:b]))
+            if isinstance(chunk, bytearray):
+                out.append(bytes(chunk[a:b]))  # the growing tail: a copy
             elif a == 0 and b == len(chunk):
                 out.append(chunk)  # the common case of large reads: no copy at all
+            elif isinstance(chunk, memoryview):
+                out.append(chunk[a:b])  # a slab's (read-only) view
             else:
                 out.append(memoryview(chunk)[a:b])
             pos = first + b
@@ -183,6 +204,8 @@ class ByteBuffer:
             assert chunk is not None
             if starts[head] + len(chunk) > self.start:
                 break
+            if type(chunk) is not memoryview:
+                self.heap_freed += len(chunk)
             chunks[head] = None
             head += 1
         if head > 64 and head * 2 > n:
@@ -275,4 +298,100 @@ class MessageBuffer:
                 "unread": self.unread, "bytes": self.nbytes}
 
 
-__all__ = ["ByteBuffer", "Chunks", "MessageBuffer"]
+class Slabs:
+    """The memory a busy pump reads into: slabs of :data:`SLAB` bytes, reused.
+
+    A pump that read each grown pipe into new ``bytes`` paid for them either with a
+    fresh ``mmap`` per read, faulted in page by page while the kernel copied the pipe
+    into it (1 MiB reads: 256 faults a MiB, twice the pump's CPU), or, in heap-sized
+    pieces, with 8 reads a MiB and a heap that kept a burst resident until trimmed
+    (``malloc_trim``, which needs ``ctypes``). The pump reads into slabs instead, with
+    one ``readv`` for the rest of the current slab and the next ones, and the buffer holds
+    read-only views of them (:meth:`fill`): no copy, no allocation, no page fault once
+    a slab is in use.
+
+    A slab is written again only when nothing refers to it any more: no view of it is
+    left (each live ``memoryview`` of a ``bytearray`` holds a reference to it, so its
+    reference count says so), whoever held the views (the buffer, a reply being
+    sent, a claim). A slab nobody needs is let go at :meth:`release` (the pump calls it
+    once its pipes are quiet, and the pump's end drops them all), and freed by the
+    last view of it: at or above the mmap threshold, its memory goes back to the system
+    then. One pump's, used by its thread only.
+    """
+
+    __slots__ = ("_cur", "_next", "_owned", "_pos")
+
+    def __init__(self) -> None:
+        #: slabs let go by the pump, oldest first: busy (views of them are held) or free
+        self._owned: list[bytearray] = []
+        self._cur: bytearray | None = None  # the slab being filled, from _pos on
+        self._pos = 0
+        self._next: list[bytearray] = []  # slabs handed out after _cur by room()
+
+    def room(self, n: int) -> list[memoryview]:
+        """Where to read up to *n* bytes: the rest of the current slab, and as many
+        next slabs as it takes. :meth:`fill` must follow, once these views are dropped."""
+        cur = self._cur
+        if cur is None or SLAB - self._pos < _SMALL:
+            if cur is not None:
+                self._owned.append(cur)
+            cur = self._cur = self._free()
+            self._pos = 0
+        pos = self._pos
+        segs = [memoryview(cur)[pos:pos + n]]
+        n -= SLAB - pos
+        while n > 0:
+            slab = self._free()
+            self._next.append(slab)
+            segs.append(memoryview(slab)[:n])
+            n -= SLAB
+        return segs
+
+    def fill(self, got: int) -> list[bytes | memoryview]:
+        """*got* bytes were read into the last :meth:`room`: they, as pieces in order
+        (read-only views; a short piece as ``bytes``, its place reused)."""
+        cur, pos, nexts = self._cur, self._pos, self._next
+        assert cur is not None
+        self._next = []
+        pieces: list[bytes | memoryview] = []
+        first = min(got, SLAB - pos)
+        if 0 < first < _SMALL and got == first:
+            pieces.append(bytes(memoryview(cur)[pos:pos + first]))
+        elif first > 0:
+            pieces.append(memoryview(cur)[pos:pos + first].toreadonly())
+            self._pos = pos + first
+        got -= first
+        for i, slab in enumerate(nexts):
+            if got <= 0:
+                self._owned[:0] = nexts[i:]  # unused: free
+                break
+            more = min(got, SLAB)
+            pieces.append(memoryview(slab)[:more].toreadonly())
+            self._owned.append(self._cur)  # type: ignore[arg-type]
+            self._cur, self._pos = slab, more
+            got -= more
+        return pieces
+
+    def release(self) -> None:
+        """Let go of every slab (each is freed once no view of it is left)."""
+        self._owned.clear()
+        self._cur = None
+        self._next = []
+
+    def __bool__(self) -> bool:
+        return self._cur is not None or bool(self._owned)
+
+    def _free(self) -> bytearray:
+        """A slab nothing refers to: an old one, or a new one."""
+        owned = self._owned
+        for _ in range(min(len(owned), _PROBES)):
+            slab = owned.pop(0)
+            # Two references: ``slab`` and the argument. Every live view of a slab adds
+            # one (its buffer's hold on the bytearray).
+            if getrefcount(slab) == 2:
+                return slab
+            owned.append(slab)  # busy: to the back (slabs are mostly freed in order)
+        return bytearray(SLAB)
+
+
+__all__ = ["SLAB", "ByteBuffer", "Chunks", "MessageBuffer", "Slabs"]
