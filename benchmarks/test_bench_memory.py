@@ -6,6 +6,10 @@ it depends on how many run at once: both sides are measured with the same number
 running. The timed part is only the reading of /proc; the numbers are in
 ``extra_info``. The imports check spawns one supervisor under ``strace`` and lists the
 Python files it opens from its start to its first answer.
+
+After a burst (issue 12): RSS of supervisors 5 s after their job's 64 MiB of output was
+read, beside an idle supervisor started the same way, forked from the template and as a
+fresh interpreter (the bar: <= 16 MB every time).
 """
 
 from __future__ import annotations
@@ -133,3 +137,42 @@ def test_supervisor_imports_nothing_it_does_not_need(benchmark, pool: bgtask.Tas
     benchmark.extra_info["supervisor_modules_not_needed"] = found
     benchmark.extra_info["supervisor_python_modules"] = sorted(m for m in modules if "." not in m)
     assert not found, f"the supervisor imports {found}"
+
+
+BURST = 64 << 20
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _after_burst(pool: bgtask.TaskPool, n: int) -> dict[str, list[int]]:
+    idle = pool.spawn(["sleep", "600"])
+    tasks = [pool.spawn(["head", "-c", str(BURST), "/dev/zero"]) for _ in range(n)]
+    try:
+        idle.info()
+        for t in tasks:
+            out = t.stream("stdout")
+            got = 0
+            while got < BURST:
+                got += len(out.read(timeout=5))
+        time.sleep(5)
+        return {"idle": [_rss_kib(idle.pid)], "after_burst": [_rss_kib(t.pid) for t in tasks]}
+    finally:
+        for t in [idle, *tasks]:
+            t.delete()
+
+
+@pytest.mark.parametrize("template", ["1", "0"], ids=["template", "fresh"])
+def test_memory_after_burst(benchmark, pool: bgtask.TaskPool, monkeypatch: pytest.MonkeyPatch,
+                            template: str) -> None:
+    """RSS (kB) of 3 supervisors 5 s after each job's 64 MiB were read, and of an idle one."""
+    monkeypatch.setenv("BGTASK_TEMPLATE", template)
+    found = benchmark.pedantic(_after_burst, (pool, 3), rounds=1)
+    benchmark.extra_info["idle_rss_kib"] = found["idle"]
+    benchmark.extra_info["after_burst_rss_kib"] = found["after_burst"]
+    benchmark.extra_info["growth_kib"] = [r - found["idle"][0] for r in found["after_burst"]]
