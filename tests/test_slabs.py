@@ -1,4 +1,4 @@
-"""The slabs a busy pump reads into (``buffer.Slabs``, ``io._read_slabs``): a slab is
+"""The slabs a busy pump reads into (``slabs.Slabs``, ``io._read_slabs``): a slab is
 written again only once no view of it is left, wherever the views are held (the buffer,
 a peek's parts, a claim), and what is read comes out whole and in order.
 
@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from bgtask._supervisor.buffer import SLAB, ByteBuffer, Chunks, Slabs
+from bgtask._supervisor.buffer import SLAB, ByteBuffer, Chunks
 from bgtask._supervisor.io import _read_slabs
+from bgtask._supervisor.slabs import Slabs
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,7 +20,7 @@ grown to 1 MiB the first time the pump finds it full, and shrunk back to 4 pages
 :data:`SHRINK_AFTER` seconds without output.
 
 Memory: a small pipe is read into ``bytes`` (at most 64 KiB, from the heap); a grown one
-into reused slabs (``buffer.Slabs``: one ``readv`` a slab, no new memory, no page
+into reused slabs (``slabs.Slabs``: one ``readv`` a slab, no new memory, no page
 faults), which the pump lets go of after :data:`RELEASE_AFTER` seconds without output
 and which go back to the system as readers consume them.
 """
@@ -33,7 +33,7 @@ import select
 import time
 
 from bgtask._supervisor import threads
-from bgtask._supervisor.buffer import Slabs
+from bgtask._supervisor.slabs import Slabs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 #: a pump's read size (at least; a grown pipe is read whole).
 _READ = 64 * 1024
-#: a grown pipe quiet this long: the pump lets go of its slabs (``buffer.Slabs``; each
+#: a grown pipe quiet this long: the pump lets go of its slabs (``slabs.Slabs``; each
 #: goes back to the system once no view of it is held).
 RELEASE_AFTER = 1.0
 #: the size a busy job's output pipe is grown to.

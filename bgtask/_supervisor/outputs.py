@@ -84,7 +84,7 @@ class Outputs:
         """Bytes of heap-held output let go so far (read and no longer retained, or
         dropped): the main loop gives heap memory back to the system once this grew and
         reads stopped (:func:`~bgtask._supervisor.main_loop.trim`). Slabs, where a busy
-        pump reads, are not counted: each goes back by itself (``buffer.Slabs``). An int
+        pump reads, are not counted: each goes back by itself (``slabs.Slabs``). An int
         read without the lock: a hint."""
         return sum(buf.heap_freed for buf in self.bytes.values())
 
