@@ -46,10 +46,26 @@ HEAVY = ("dill", "filelock", "threading", "concurrent.futures", "multiprocessing
 
 
 def _imported(env: dict[str, str]) -> list[str]:
-    code = ("import sys, bgtask.cli\nbgtask.cli.main(['ls'])\n"
-            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    """The HEAVY modules an empty ``ls`` imports itself (not those ``site`` had loaded:
+    an editable install's finder imports pathlib, re... before any of ours)."""
+    code = ("import sys\nbefore = set(sys.modules)\nimport bgtask.cli\nbgtask.cli.main(['ls'])\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules and m not in before), file=sys.stderr)")
     out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stderr.split()
+
+
+def _environment(env: dict[str, str]) -> dict[str, Any]:
+    """What this environment adds before any of our code runs: the console script's own
+    imports (pip < 25 generates one that imports re: ~4 ms here), and the modules
+    ``site`` loads (an editable install's finder alone took python -c pass from ~7 to
+    ~15 ms here; ``pip install -e . --config-settings editable_mode=strict`` has none)."""
+    with open(_SCRIPT) as f:
+        script = f.read()
+    code = "import sys; print(' '.join(sorted(sys.modules)))"
+    bare = subprocess.run([PY, "-I", "-S", "-c", code], env=env, capture_output=True, text=True, check=True)
+    site = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return {"script_imports_re": "import re" in script,
+            "site_adds_modules": sorted(set(site.stdout.split()) - set(bare.stdout.split()))}
 
 
 @pytest.mark.benchmark(group="scale")
@@ -83,6 +99,7 @@ def test_ls_empty_pool() -> None:
             r[ls.replace("_ms", "_vs_site")] = r[ls] / r["bare_site_ms"]
         r["site_vs_isolated"] = r["bare_site_ms"] / r["bare_isolated_ms"]
         r["heavy_imported"] = _imported(env)
+        r.update(_environment(env))
         r["load_after"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
