@@ -35,7 +35,6 @@ The layers (imports flow downwards only; ``tests/test_layers.py`` enforces it)::
 from __future__ import annotations
 
 import sys as _sys
-from importlib import import_module as _import_module
 
 from bgtask._errors import (
     AccessDeniedError,
@@ -123,7 +122,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'bgtask' has no attribute {name!r}")
-    _import_module(module)
+    __import__(module)
     # Every lazy name whose module is loaded now (a module imports others: Task comes
     # with AsyncTask) becomes a plain attribute, so reprs say bgtask.X from here on
     # and this function is not called for it again.

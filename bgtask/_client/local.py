@@ -12,8 +12,6 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths, _process
 from bgtask._client import records as _records
@@ -22,7 +20,11 @@ from bgtask._errors import AccessDeniedError, SpawnError, TaskNotFoundError
 
 # connection and spawn are imported where they are used: listing an empty pool (an
 # empty ``bgtask ls``) must not load multiprocessing and subprocess for nothing.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
     from bgtask._wire.framing import Connection
     from bgtask._wire.schema import JobSpec
 

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from bgtask import _paths
 from bgtask._client.local import LocalBackend
 from bgtask._errors import AccessDeniedError, TaskNotFoundError, TaskUnresponsiveError
 from bgtask._wire.names import DEFAULT_MAX_BUFFER, DEFAULT_RETAIN_OUTPUT
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
+
     from bgtask._client.backend import PoolBackend
     from bgtask._client.task import Task
 
@@ -34,6 +36,8 @@ SYSTEM_POOL = "/var/run/bgtask"
 
 
 def _user_runtime_pool() -> Path:
+    from pathlib import Path
+
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
         return Path(xdg, "bgtask")
@@ -53,12 +57,12 @@ def _system_pool_usable() -> bool:
     return stat.S_ISDIR(st.st_mode) and os.access(SYSTEM_POOL, os.W_OK | os.X_OK)
 
 
-def _default_pool_path() -> Path:
+def _default_pool_path() -> str | Path:
     env = os.environ.get("BGTASK_POOL")
     if env:
-        return Path(env)
+        return env
     if _system_pool_usable():
-        return Path(SYSTEM_POOL)
+        return SYSTEM_POOL
     return _user_runtime_pool()
 
 
@@ -80,12 +84,13 @@ def _default_places() -> list[str]:
 
 def _local_backend(path: str | os.PathLike[str] | None) -> LocalBackend:
     explicit = path is not None or bool(os.environ.get("BGTASK_POOL"))
-    p = Path(os.path.abspath(os.fspath(path) if path is not None else _default_pool_path()))
-    _paths.check_pool_path(str(p))
-    shared = str(p) == SYSTEM_POOL
+    p = os.path.abspath(os.fspath(path) if path is not None else _default_pool_path())
+    _paths.check_pool_path(p)
+    shared = p == SYSTEM_POOL
     # (the names first: a path with another name cannot be the per-user default)
-    per_user = path is None and p.name in ("bgtask", f"bgtask-{os.geteuid()}") and p == _user_runtime_pool()
-    dirs = [str(p)] if explicit else [str(p), *_default_places()]
+    per_user = path is None and os.path.basename(p) in ("bgtask", f"bgtask-{os.geteuid()}") and \
+        p == str(_user_runtime_pool())
+    dirs = [p] if explicit else [p, *_default_places()]
     return LocalBackend(dirs, mode=0o1777 if shared else 0o700, per_user=per_user)
 
 
@@ -106,7 +111,7 @@ class TaskPool:
                  remote_python: str | None = None) -> None:
         url = path if path is not None else os.environ.get("BGTASK_POOL") or None
         backend: PoolBackend
-        self._path: Path | None
+        self._path: str | None
         if isinstance(url, str) and url.startswith("ssh://"):
             # A pool on another host (``_client/ssh.py``): nothing connects here.
             from bgtask._client.ssh import parse_url
@@ -117,7 +122,7 @@ class TaskPool:
             if remote_python is not None:
                 raise ValueError("remote_python= is for ssh:// pools only")
             backend = _local_backend(path)
-            self._path = Path(str(backend))
+            self._path = str(backend)
         backend.check()
         self._backend = backend
 
@@ -125,9 +130,11 @@ class TaskPool:
     def path(self) -> Path:
         """The pool directory (where a spawn puts its task); of a remote pool, the
         directory on its host (asked from the host if the URL named none)."""
+        from pathlib import Path
+
         if self._path is None:
             return Path(getattr(self._backend, "directory"))  # noqa: B009 (only SshBackend has it)
-        return self._path
+        return Path(self._path)
 
     @property
     def backend(self) -> PoolBackend:
@@ -290,6 +297,8 @@ class TaskPool:
 
 
 def _matches(value: Any, pattern: Any) -> bool:
+    from collections.abc import Mapping
+
     if isinstance(pattern, Mapping):
         if not isinstance(value, Mapping):
             return False

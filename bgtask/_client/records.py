@@ -21,9 +21,12 @@ import fcntl
 import marshal
 import os
 import stat
-from typing import Any
 
 from bgtask import _paths
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: without /proc (macOS) a stopped supervisor cannot be told apart here.
 _HAVE_PROC = os.path.isdir("/proc/self")

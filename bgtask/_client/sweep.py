@@ -24,10 +24,13 @@ import fcntl
 import os
 import stat
 import time
-from typing import Any, NamedTuple
 
 from bgtask import _paths, _process
 from bgtask._wire.names import SUPERVISOR_MARKER
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: a token file without a socket is left alone this long (its supervisor may be starting).
 STARTING_GRACE = 30.0
@@ -35,13 +38,16 @@ STARTING_GRACE = 30.0
 ORPHAN_GRACE = 1.0
 
 
-class SweepReport(NamedTuple):
+class SweepReport(tuple):
     """What a sweep did, for the message of the error that follows it."""
 
-    #: the supervisor's files were removed
-    removed: bool
-    #: its job (or processes the job left) was still running and has been stopped
-    job_stopped: bool
+    __slots__ = ()
+
+    def __new__(cls, removed: bool, job_stopped: bool) -> SweepReport:
+        return tuple.__new__(cls, (removed, job_stopped))
+
+    removed = property(lambda self: self[0])
+    job_stopped = property(lambda self: self[1])
 
 
 def is_supervisor(pid: int) -> bool:

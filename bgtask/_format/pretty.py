@@ -4,24 +4,25 @@ object is shown on its own."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 from bgtask._format.status import task_title
 from bgtask._format.tables import info_lines, task_table
 from bgtask._format.text import terminal_width
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
-# What the pretty printers need of a Task and a TaskPool, by shape: presentation sits
-# below the client and never imports it.
-class _TaskLike(Protocol):
-    @property
-    def pid(self) -> int: ...
+    # What the pretty printers need of a Task and a TaskPool, by shape: presentation sits
+    # below the client and never imports it.
+    class _TaskLike(Protocol):
+        @property
+        def pid(self) -> int: ...
 
-    def info(self, fresh: bool = False) -> dict[str, Any]: ...
+        def info(self, fresh: bool = False) -> dict[str, Any]: ...
 
 
-class _PoolLike(Protocol):
-    def search(self) -> list[Any]: ...
+    class _PoolLike(Protocol):
+        def search(self) -> list[Any]: ...
 
 
 def _top_level(p: Any) -> bool:

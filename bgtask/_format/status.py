@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import math
-import shlex
-import signal
 import time
-from typing import Any
 
 from bgtask._format.text import printable, safe_repr
 from bgtask._wire.names import OUTPUT_STREAMS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: ANSI colours of the STATE column, by the state's first word (anything else: plain).
 STATE_COLOURS = {
@@ -35,6 +36,8 @@ def colour_state(text: str, cell: str | None = None) -> str:
 def signal_name(num: int) -> str:
     """9 -> ``SIGKILL``; an unknown number -> ``signal 99``."""
     try:
+        import signal
+
         return signal.Signals(num).name
     except ValueError:
         return f"signal {num}"
@@ -77,6 +80,8 @@ def command_text(info: dict[str, Any]) -> str:
     """The job's command as a user would type it (the string itself for ``shell=True``)."""
     if info.get("shell") and isinstance(info.get("command"), str):
         return printable(str(info["command"]))
+    import shlex
+
     return printable(shlex.join(str(a) for a in info.get("argv") or []))
 
 

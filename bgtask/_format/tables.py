@@ -4,8 +4,6 @@ terminal's width) and the ``info`` lines."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
 
 from bgtask._format.status import (
     colour_state,
@@ -21,6 +19,11 @@ from bgtask._format.status import (
 )
 from bgtask._format.text import cut, display_width, pad, printable, value_text
 from bgtask._wire.names import MESSAGE_STREAMS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 #: the narrowest a NAME column is cut to on a narrow terminal.
 MIN_NAME_WIDTH = 10

@@ -7,9 +7,11 @@ a job chooses those, and must never drive the terminal of whoever looks at it.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: bidirectional-text controls: they reorder what a terminal shows after them
 #: ("Trojan Source"), so they are shown escaped like control characters.
@@ -97,6 +99,8 @@ def value_text(value: Any, style: str = "json") -> str:
     ``None`` is ``None``, not ``null``). Control characters come out escaped."""
     if style == "python":
         return printable(safe_repr(value))
+    import json  # here: an empty `bgtask ls` has no value to show (json brings re)
+
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
@@ -110,6 +114,8 @@ def value_text(value: Any, style: str = "json") -> str:
 
 def jsonable(value: Any) -> Any:
     """*value* itself if JSON can carry it faithfully, else its repr (a str)."""
+    import json
+
     try:
         json.dumps(value, allow_nan=False)
     except Exception:
