@@ -22,19 +22,8 @@ from bisect import bisect_right
 _COALESCE = 64 * 1024
 
 
-#: a slab: the memory a busy pump reads into (``slabs.Slabs``). At or above glibc's mmap
-#: threshold (``MALLOC_MMAP_THRESHOLD_=131072``, ``_client/template.py``), so each is a
-#: mapping of its own that ``free`` gives back at once: a burst's memory goes back to the
-#: system as readers consume it, with no ``malloc_trim``.
-SLAB = 128 * 1024
-#: an append shorter than this is copied into the growing tail (a slab's reader copies
-#: such pieces out of the slab at once: ``slabs.Slabs.fill``).
-SMALL = 4096
-
-
 class Chunks(list["bytes | memoryview"]):
-    """Bytes held as pieces (``bytes``, or read-only ``memoryview`` of ``bytes`` or of a
-    slab): a read's data on
+    """Bytes held as pieces (``bytes`` or ``memoryview`` of ``bytes``): a read's data on
     its way to the socket, which the supervisor writes out piece by piece (``writev``)
     instead of joining them. Anything else that pickles it gets plain ``bytes``.
     """
@@ -58,8 +47,8 @@ class ByteBuffer:
         past it drops the oldest unread bytes instead and counts them in ``dropped``.
     """
 
-    __slots__ = ("_chunks", "_head", "_starts", "cursor", "drop", "dropped", "heap_freed",
-                 "inflight", "limit", "max_unread", "retain", "start")
+    __slots__ = ("_chunks", "_head", "_starts", "cursor", "drop", "dropped", "inflight", "limit",
+                 "max_unread", "retain", "start")
 
     def __init__(self, retain: int = 0, max_unread: int = 64 << 20, drop: bool = False) -> None:
         self.retain = retain
@@ -72,13 +61,9 @@ class ByteBuffer:
         #: bytes consumed by a read whose reply is still being sent: the reply holds them,
         #: so they count against max_unread until it is out (see Outputs.reply_sent).
         self.inflight = 0
-        #: bytes of heap chunks (``bytes``, ``bytearray``: not slab views) let go so far
-        self.heap_freed = 0
         # chunks[i] holds bytes [starts[i], starts[i] + len(chunks[i])); entries before
         # _head are freed (None) and compacted away from time to time.
-        # A chunk is bytes, a growing bytearray (the tail of small appends), or a
-        # read-only memoryview of a slab (never written while a view of it lives).
-        self._chunks: list[bytes | bytearray | memoryview | None] = []
+        self._chunks: list[bytes | bytearray | None] = []
         self._starts: list[int] = []
         self._head = 0
 
@@ -96,15 +81,14 @@ class ByteBuffer:
         replies still being sent count as held)."""
         return max(0, self.max_unread - self.unread - self.inflight)
 
-    def append(self, data: bytes | memoryview) -> None:
-        """Append *data*: ``bytes``, or a read-only ``memoryview`` (held as it is)."""
+    def append(self, data: bytes) -> None:
         n = len(data)
         if not n:
             return
         tail = self._chunks[-1] if len(self._chunks) > self._head else None
-        if n < SMALL and isinstance(tail, bytearray) and len(tail) + n <= _COALESCE:
+        if n < 4096 and isinstance(tail, bytearray) and len(tail) + n <= _COALESCE:
             tail += data
-        elif n < SMALL:
+        elif n < 4096:
             self._chunks.append(bytearray(data))
             self._starts.append(self.limit)
         else:
@@ -148,12 +132,10 @@ class ByteBuffer:
             assert chunk is not None
             first = starts[i]
             a, b = pos - first, min(len(chunk), end - first)
-            if isinstance(chunk, bytearray):
-                out.append(bytes(chunk[a:b]))  # the growing tail: a copy
+            if type(chunk) is not bytes:
+                out.append(bytes(chunk[a:b]))
             elif a == 0 and b == len(chunk):
                 out.append(chunk)  # the common case of large reads: no copy at all
-            elif isinstance(chunk, memoryview):
-                out.append(chunk[a:b])  # a slab's (read-only) view
             else:
                 out.append(memoryview(chunk)[a:b])
             pos = first + b
@@ -201,8 +183,6 @@ class ByteBuffer:
             assert chunk is not None
             if starts[head] + len(chunk) > self.start:
                 break
-            if type(chunk) is not memoryview:
-                self.heap_freed += len(chunk)
             chunks[head] = None
             head += 1
         if head > 64 and head * 2 > n:
@@ -295,4 +275,4 @@ class MessageBuffer:
                 "unread": self.unread, "bytes": self.nbytes}
 
 
-__all__ = ["SLAB", "SMALL", "ByteBuffer", "Chunks", "MessageBuffer"]
+__all__ = ["ByteBuffer", "Chunks", "MessageBuffer"]

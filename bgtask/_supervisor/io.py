@@ -18,11 +18,6 @@ output slowed 3-6x. So a job's pipes start small (``launch.py``: 4 pages for out
 for stdin), an output pipe is
 grown to 1 MiB the first time the pump finds it full, and shrunk back to 4 pages after
 :data:`SHRINK_AFTER` seconds without output.
-
-Memory: a small pipe is read into ``bytes`` (at most 64 KiB, from the heap); a grown one
-into reused slabs (``slabs.Slabs``: one ``readv`` a slab, no new memory, no page
-faults), which the pump lets go of after :data:`RELEASE_AFTER` seconds without output
-and which go back to the system as readers consume them.
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ import select
 import time
 
 from bgtask._supervisor import threads
-from bgtask._supervisor.slabs import Slabs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,9 +61,13 @@ if TYPE_CHECKING:
 
 #: a pump's read size (at least; a grown pipe is read whole).
 _READ = 64 * 1024
-#: a grown pipe quiet this long: the pump lets go of its slabs (``slabs.Slabs``; each
-#: goes back to the system once no view of it is held).
-RELEASE_AFTER = 1.0
+#: the most one ``os.read`` asks for: a grown pipe is read in pieces of this size, each
+#: its own ``bytes``. Supervisors run with ``MALLOC_MMAP_THRESHOLD_=131072``
+#: (``_client/template.py``: a burst's memory is given back), so a 1 MiB read was a fresh
+#: ``mmap`` that the kernel faulted in page by page as it copied the pipe into it (256
+#: faults a MiB, twice the pump's CPU: end-to-end throughput 34% of a raw pipe). Pieces
+#: under the threshold come from the heap, reused from the pieces already sent.
+_PIECE = 128 * 1024 - 128
 #: the size a busy job's output pipe is grown to.
 _PIPE_BIG = 1 << 20
 #: the size of an output pipe nobody is busy with (``launch.OUTPUT_PIPE``).
@@ -194,7 +192,6 @@ class PipeIO:
         names = {fd: name for name, fd in self.out_fds.items()}
         sizes = {fd: set_pipe_size(fd, PIPE_SMALL) for fd in names}
         quiet_since: dict[int, float] = {}  # grown pipes: when output last came
-        slabs = Slabs()  # what grown pipes are read into
         paused: set[int] = set()  # full buffers: not polled until a reader makes room
         poller = select.poll()
         for fd in names:
@@ -205,11 +202,8 @@ class PipeIO:
             while names:
                 timeout = None
                 if quiet_since:
-                    last = max(quiet_since.values())
-                    due = min(quiet_since.values()) + SHRINK_AFTER
-                    if slabs:
-                        due = min(due, last + RELEASE_AFTER)
-                    timeout = max(0, int((due - time.monotonic()) * 1000) + 1)
+                    due = min(quiet_since.values()) + SHRINK_AFTER - time.monotonic()
+                    timeout = max(0, int(due * 1000) + 1)
                 try:
                     events = poller.poll(timeout)
                 except InterruptedError:
@@ -231,7 +225,7 @@ class PipeIO:
                         paused.add(fd)
                         poller.unregister(fd)
                         continue
-                    pieces = _read_slabs(fd, n, slabs) if sizes[fd] > PIPE_SMALL else _read(fd, n)
+                    pieces = _read(fd, n)
                     if pieces is None:
                         continue  # nothing there (a drain() took it)
                     if not pieces:
@@ -251,11 +245,8 @@ class PipeIO:
                     if sizes[fd] > PIPE_SMALL:
                         quiet_since[fd] = now
                     outputs.deliver(name, *pieces)
-                    del pieces
                     if self.on_output is not None:
                         self.on_output()
-                if slabs and (not quiet_since or now - max(quiet_since.values()) >= RELEASE_AFTER):
-                    slabs.release()  # quiet: each goes back once its views are gone
                 for fd, since in list(quiet_since.items()):
                     if now - since >= SHRINK_AFTER:
                         # Quiet: give the pages back to the user's pipe budget (the
@@ -321,39 +312,24 @@ class PipeIO:
 
 
 def _read(fd: int, n: int) -> list[bytes] | None:
-    """Up to *n* bytes from the non-blocking pipe *fd* (a small one) as new ``bytes``:
-    ``None`` if it is empty, ``[]`` at EOF (or an error, read as EOF)."""
-    try:
-        data = os.read(fd, n)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return []
-    return [data] if data else []
-
-
-def _read_slabs(fd: int, n: int, slabs: Slabs) -> list[bytes | memoryview] | None:
-    """Up to *n* bytes from the non-blocking pipe *fd* (a grown one) into *slabs*, as
-    pieces: ``None`` if it is empty, ``[]`` at EOF (or an error, read as EOF once what
-    came before it was delivered)."""
-    pieces: list[bytes | memoryview] = []
+    """Up to *n* bytes from the non-blocking pipe *fd*, in pieces of at most
+    :data:`_PIECE`: ``None`` if it is empty, ``[]`` at EOF (or an error, read as EOF
+    once what came before it was delivered)."""
+    pieces: list[bytes] = []
     while n > 0:
-        segs = slabs.room(n)
-        asked = sum(map(len, segs))
         try:
-            got = os.readv(fd, segs)
+            data = os.read(fd, min(n, _PIECE))
         except BlockingIOError:
-            got = -1
+            break
         except OSError:
-            got = 0
-        del segs  # the slabs' writable views: gone before fill() looks for free slabs
-        pieces += slabs.fill(max(got, 0))
-        if got <= 0:
-            if got == 0 and not pieces:
-                return []
-            break  # empty; or EOF (or the error) again on the next poll
-        n -= got
-        if got < asked:
+            data = b""
+        if not data:
+            if pieces:
+                break  # EOF (or the error) again on the next poll
+            return []
+        pieces.append(data)
+        n -= len(data)
+        if len(data) < _PIECE:
             break  # the pipe is empty
     return pieces or None
 

@@ -74,19 +74,13 @@ class Outputs:
         #: called (lock held) with a stream's name when its buffer may have room again:
         #: the one pump thread of a run polls, it does not wait on :attr:`room`
         self.on_room: Callable[[str], None] = _nothing_named
+        #: output bytes consumed by readers so far (the main loop gives their memory
+        #: back to the system once reads stop: :func:`~bgtask._supervisor.main_loop.trim`)
+        self.consumed = 0
         self.job_ended = False
         #: called (lock held) when "is the output collected?" may have a new answer
         self.on_collect: Callable[[], None] = _nothing
         self._tls = threading.local()
-
-    @property
-    def consumed(self) -> int:
-        """Bytes of heap-held output let go so far (read and no longer retained, or
-        dropped): the main loop gives heap memory back to the system once this grew and
-        reads stopped (:func:`~bgtask._supervisor.main_loop.trim`). Slabs, where a busy
-        pump reads, are not counted: each goes back by itself (``slabs.Slabs``). An int
-        read without the lock: a hint."""
-        return sum(buf.heap_freed for buf in self.bytes.values())
 
     # -- the job's side ----------------------------------------------------------------------
 
@@ -216,6 +210,7 @@ class Outputs:
                 self._tls.claim = Claim(name, buf.cursor, data, nxt, buf.start)
                 if not is_msg:
                     buf.inflight += nxt - buf.cursor  # until reply_sent() or rollback()
+                    self.consumed += nxt - buf.cursor
                 buf.consume(nxt)
                 if not is_msg:
                     self.room[name].notify_all()  # a blocked pump may go on
