@@ -265,8 +265,8 @@ def test_the_local_backend_implements_the_pool_backend(pool: bgtask.TaskPool) ->
 
 @pytest.mark.timeout(30)
 def test_stop_escalates_to_kill_and_keeps_the_task(spawn: object) -> None:
-    task = spawn(py("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # type: ignore[operator]
-                    "print('up', flush=True)\ntime.sleep(60)"))
+    task = spawn(py("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # type: ignore[operator]
+                    "sys.stdout.write('up\\n'); sys.stdout.flush()\ntime.sleep(60)"))
     assert task.stream("stdout").read(timeout=10) == b"up\n"
     t0 = time.monotonic()
     assert task.stop(timeout=0.3) == -signal.SIGKILL

@@ -14,10 +14,9 @@ its fds when it ends.
 Pipe sizes: the per-user pipe budget (``/proc/sys/fs/pipe-user-pages-soft``, 16384
 pages) is shared by every task of a user. Three default 64 KiB pipes per task used it up
 at ~340 live tasks, after which new jobs got 8 KiB pipes that could not grow and their
-output slowed 3-6x. So a job's pipes start small (``launch.py``: 4 pages for output, one
-for stdin), an output pipe is
-grown to 1 MiB the first time the pump finds it full, and shrunk back to 4 pages after
-:data:`SHRINK_AFTER` seconds without output.
+output slowed 3-6x. So a job's pipes start at one page each (``launch.py``: 3 pages a
+task), an output pipe is grown to 1 MiB the first time the pump finds it full, and shrunk
+back to one page after :data:`SHRINK_AFTER` seconds without output.
 """
 
 from __future__ import annotations
@@ -71,7 +70,7 @@ _PIECE = 128 * 1024 - 128
 #: the size a busy job's output pipe is grown to.
 _PIPE_BIG = 1 << 20
 #: the size of an output pipe nobody is busy with (``launch.OUTPUT_PIPE``).
-PIPE_SMALL = 16384
+PIPE_SMALL = 4096
 #: a grown output pipe quiet this long goes back to one page (budget for other tasks).
 SHRINK_AFTER = 10.0
 #: the job's stdin pipe once a client feeds it.
