@@ -52,6 +52,15 @@ def _read(path: str) -> bytes:
         return b""
 
 
+def task_files(pool: Any) -> list[str]:
+    """The files of *pool*'s tasks (tokens, sockets), without those that come and go
+    beside them: lock files (which may stay), status records (``.info``, and the
+    ``.info.tmp`` a supervisor writes one under before renaming it) and the fork
+    server's ``.tpl-*`` files."""
+    return sorted(n for n in os.listdir(pool.path)
+                  if not n.endswith((".lock", ".info", ".info.tmp")) and not n.startswith(".tpl-"))
+
+
 def pid_alive(pid: int) -> bool:
     """True if *pid* exists and is not a zombie."""
     data = _read(f"/proc/{pid}/stat")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import PY, child_result, pid_alive, processes_of_pool, py, start_in_child, wait_for
+from helpers import PY, child_result, pid_alive, processes_of_pool, py, start_in_child, task_files, wait_for
 
 import bgtask
 
@@ -34,11 +34,6 @@ def _rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def _task_files(pool: bgtask.TaskPool) -> list[str]:
-    return sorted(n for n in os.listdir(pool.path)  # records (.info) and the fork server's (.tpl-*) aside
-                  if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
 
 
 # -- issue 11 #2: wait() racing another client's restart() ----------------------------------------
@@ -109,7 +104,7 @@ def test_a_failed_spawn_never_starts_its_job_later(pool: bgtask.TaskPool, tmp_pa
         time.sleep(1.5)  # the old supervisor got the lock by now, and started the job
         assert not marker.exists(), "the job of a failed spawn was started"
         assert processes_of_pool(str(pool.path)) == []
-        assert _task_files(pool) == []
+        assert task_files(pool) == []
     finally:
         holder.kill()
         holder.wait()

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import fork, pid_alive, processes_of_pool, py, wait_for
+from helpers import fork, pid_alive, processes_of_pool, py, task_files, wait_for
 from test_security import run_as
 
 import bgtask
@@ -45,11 +45,6 @@ from bgtask import _paths, _process
 from bgtask._client.spawn import build_spec
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def task_files(pool: bgtask.TaskPool) -> list[str]:
-    return sorted(n for n in os.listdir(pool.path)  # records (.info) and the fork server's (.tpl-*) aside
-                  if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
 
 
 def ppid_of(pid: int) -> int | None:

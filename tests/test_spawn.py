@@ -15,15 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import Point, fork, pid_alive, py, wait_for
+from helpers import Point, fork, pid_alive, py, task_files, wait_for
 
 import bgtask
-
-
-def task_files(pool: bgtask.TaskPool) -> list[str]:
-    """The pool's files except lock files (which may stay)."""
-    return sorted(n for n in os.listdir(pool.path)  # records (.info) and the fork server's (.tpl-*) aside
-                  if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
 
 
 def stat_fields(pid: int) -> list[str]:

@@ -12,14 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, child_result, pid_alive, py, start_in_child, wait_for
+from helpers import REPO, child_result, pid_alive, py, start_in_child, task_files, wait_for
 
 import bgtask
-
-
-def task_files(pool: bgtask.TaskPool) -> list[str]:
-    return sorted(n for n in os.listdir(pool.path)  # records (.info) and the fork server's (.tpl-*) aside
-                  if not n.endswith((".lock", ".info")) and not n.startswith(".tpl-"))
 
 
 def open_fds() -> set[str]:

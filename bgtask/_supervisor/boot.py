@@ -189,8 +189,31 @@ def _detach_stdio() -> None:
         os.close(fd)
 
 
+def use_builtin_hashes() -> None:
+    """Have ``hashlib`` and ``hmac`` use CPython's built-in SHA-256 and MD5, not OpenSSL.
+
+    The handshake's HMAC is all a supervisor hashes (a few per connection). Through
+    ``_hashlib`` it mapped libcrypto and touched 1.2 MB of it in every supervisor: RSS
+    that stayed (issue 12's bar is RSS). The built-in modules are small and as correct;
+    ``hmac`` then computes the HMAC in Python and compares with
+    ``_operator._compare_digest`` (constant time). Kept as it was if the interpreter
+    was built without the built-in SHA-256 (``--with-builtin-hashlib-hashes``), or if
+    ``_hashlib`` is already imported."""
+    if "_hashlib" in sys.modules:
+        return
+    try:
+        import _sha256  # noqa: F401  (3.11; hashlib imports it next in any case)
+    except ImportError:
+        try:
+            import _sha2  # noqa: F401  (3.12 on)
+        except ImportError:
+            return
+    sys.modules["_hashlib"] = None  # type: ignore[assignment]  # "import _hashlib" fails
+
+
 def main(pool: str) -> None:
     """Entry point of the supervisor process (see the module docstring)."""
+    use_builtin_hashes()
     data = _read_all(0)
     if os.fork():
         os._exit(0)  # the intermediate: the spawner reaps it at once

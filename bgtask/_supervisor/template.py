@@ -362,7 +362,9 @@ def main(key: str) -> None:
     template = Template(pool, key)
     try:
         template.setup()
-        from bgtask._supervisor import warm
+        from bgtask._supervisor import boot, warm
+
+        boot.use_builtin_hashes()
 
         warm.prepare()
     except _Exists:
