@@ -15,6 +15,15 @@ from _common import Peers, kill_and_wait, pids_of_pool
 import bgtask
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # bgtask's bytecode written, as an installed package has it, whatever
+    # PYTHONDONTWRITEBYTECODE says: a fresh supervisor, the fork server or the CLI
+    # compiling its modules on every start is not what is measured.
+    import compileall
+
+    compileall.compile_dir(os.path.dirname(bgtask.__file__), quiet=1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The project's per-test timeout (60 s) is for tests; a benchmark spawning a hundred
     # tasks or moving gigabytes on a loaded machine needs longer.

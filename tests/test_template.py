@@ -226,3 +226,19 @@ def test_a_stopped_template_costs_one_short_wait(pool: bgtask.TaskPool, spawn) -
     time.sleep(1.0)  # the spare reads the abandoned request: its report fails, it starts nothing
     assert tokens() == {t.pid for t in pool.search()}
     assert len(pool.search()) == 3
+
+
+def test_the_idle_check_looks_for_one_socket_of_ours(tmp_path) -> None:
+    """The spare's idle check (``_paths.has_task_of_mine``): a task socket of ours, not a
+    file, a symlink or a name that is not a pid; a missing pool has none."""
+    from bgtask import _paths
+
+    assert not _paths.has_task_of_mine(str(tmp_path / "missing"))
+    (tmp_path / "123.sock").write_bytes(b"")
+    os.symlink("/dev/null", tmp_path / "124.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "x125.sock"))
+        assert not _paths.has_task_of_mine(str(tmp_path))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "125.sock"))
+        assert _paths.has_task_of_mine(str(tmp_path))

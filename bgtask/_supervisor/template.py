@@ -168,7 +168,7 @@ class Template:
 
         quiet = time.monotonic() - since
         return quiet >= IDLE_MAX or not self._files_ours() or (
-            quiet >= IDLE_EXIT and not _paths.task_pids(self.pool)[0])
+            quiet >= IDLE_EXIT and not _paths.has_task_of_mine(self.pool))
 
     def _files_ours(self) -> bool:
         """Our socket is still where clients look (not unlinked, pool not deleted)."""
