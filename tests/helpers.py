@@ -52,6 +52,29 @@ def _read(path: str) -> bytes:
         return b""
 
 
+def template_pids(pool: str) -> list[int]:
+    """Pids of the fork servers of *pool*: the holders of its ``.tpl-*.lock`` flocks
+    (``/proc/locks``), found without connecting (a connection would use up a spare)."""
+    inodes = set()
+    try:
+        names = os.listdir(pool)
+    except OSError:
+        return []
+    for name in names:
+        if name.startswith(".tpl-") and name.endswith(".lock"):
+            try:
+                inodes.add(os.lstat(os.path.join(pool, name)).st_ino)
+            except OSError:
+                pass
+    pids = []
+    for line in _read("/proc/locks").decode().splitlines():
+        fields = line.split()  # "1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+            if int(fields[5].rsplit(":", 1)[-1]) in inodes:
+                pids.append(int(fields[4]))
+    return pids
+
+
 def task_files(pool: Any) -> list[str]:
     """The files of *pool*'s tasks (tokens, sockets), without those that come and go
     beside them: lock files (which may stay), status records (``.info``, and the

@@ -2,22 +2,25 @@
 driven by an event loop per test through a facade that makes it look blocking.
 
 One suite, parametrised (``api``): a behaviour written here is checked for ``Task`` and
-``AsyncTask`` alike, so the two cannot drift apart. And twice over (``start``): with
-supervisors forked from the fork server (the default) and started as fresh interpreters
-(``BGTASK_TEMPLATE=0``, as when the fork server cannot be used).
+``AsyncTask`` alike, so the two cannot drift apart. And three times over (``start``):
+with supervisors forked from the fork server (the default), started as fresh
+interpreters (``BGTASK_TEMPLATE=0``, as when the fork server cannot be used), and with
+the fork server killed again and again while the test spawns (issue 12).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import py
+from helpers import py, template_pids
 
 import bgtask
 
@@ -76,10 +79,33 @@ class Facade:
         return hash(self._obj)
 
 
-@pytest.fixture(params=["forked", "fresh"], autouse=True)
-def start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("BGTASK_TEMPLATE", "1" if request.param == "forked" else "0")
-    return str(request.param)
+@pytest.fixture(params=["forked", "fresh", "killed"], autouse=True)
+def start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, pool: bgtask.TaskPool) -> Iterator[str]:
+    """How supervisors start: forked from the fork server, as fresh interpreters, or
+    with the fork server killed (SIGKILL) whenever one is up -- before, during and
+    between spawns: each spawn then gets a spare that was already waiting, a new
+    template, or a fresh interpreter, and the contract holds the same."""
+    monkeypatch.setenv("BGTASK_TEMPLATE", "0" if request.param == "fresh" else "1")
+    if request.param != "killed":
+        yield str(request.param)
+        return
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.wait(0.005):
+            for pid in template_pids(str(pool.path)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        yield str(request.param)
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 @pytest.fixture(params=["sync", "async"])
