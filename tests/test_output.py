@@ -455,3 +455,37 @@ def test_large_output_read_with_plain_reads(pool: bgtask.TaskPool) -> None:
         assert got == bytes(range(256)) * (size // 256)
     finally:
         task.delete()
+
+
+@pytest.mark.timeout(60)
+def test_a_supervisor_gives_a_burst_back_once_it_was_read(pool: bgtask.TaskPool) -> None:
+    """Once readers consumed more than ``TRIM_AFTER_BYTES`` and paused, the supervisor
+    calls ``malloc_trim`` (``main_loop.trim``): ``_ctypes`` is mapped then, not before."""
+    from bgtask._supervisor.main_loop import TRIM_AFTER_BYTES, TRIM_QUIET
+
+    size = TRIM_AFTER_BYTES + (4 << 20)
+    task = pool.spawn(["head", "-c", str(size), "/dev/zero"])
+
+    def maps() -> str:
+        with open(f"/proc/{task.pid}/maps") as f:
+            return f.read()
+
+    assert "_ctypes" not in maps()
+    out, got = task.stream("stdout"), 0
+    while got < size:
+        got += len(out.read(timeout=5))
+    wait_for(lambda: "_ctypes" in maps(), timeout=TRIM_QUIET + 10)
+    assert task.info(fresh=True)["state"] == "exited"  # and it still answers
+    task.delete()
+
+
+def test_trim_does_not_import_the_ctypes_package() -> None:
+    """The ``ctypes`` package's classes cost ~0.3 MB of heap and more of mapped files in
+    every supervisor that trimmed once: ``_ctypes``' primitives do the call."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from bgtask._supervisor import main_loop; main_loop.trim(); main_loop.trim(); "
+            "print(main_loop._trim_fn is not False, 'ctypes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.split() == ["True", "False"]

@@ -98,7 +98,8 @@ def test_a_template_killed_mid_spawn_costs_nothing(pool: bgtask.TaskPool, spawn)
 def test_supervisors_hash_without_openssl(pool: bgtask.TaskPool, spawn, monkeypatch: pytest.MonkeyPatch,
                                           template: str) -> None:
     """The handshake's HMAC uses CPython's own SHA-256: libcrypto mapped and touched in
-    every supervisor was 1.2 MB of RSS (``boot.use_builtin_hashes``)."""
+    every supervisor was 1.2 MB of RSS (``boot.use_builtin_hashes``); nor are the
+    compressors that ``shutil`` imports loaded (``boot.skip_unused_modules``)."""
     pytest.importorskip("_sha256" if sys.version_info < (3, 12) else "_sha2")
     monkeypatch.setenv("BGTASK_TEMPLATE", template)
     task = spawn(["sleep", "30"])
@@ -106,6 +107,7 @@ def test_supervisors_hash_without_openssl(pool: bgtask.TaskPool, spawn, monkeypa
     with open(f"/proc/{task.pid}/maps") as f:
         maps = f.read()
     assert "libcrypto" not in maps and "_hashlib" not in maps
+    assert "_bz2." not in maps and "_lzma." not in maps
 
 
 def test_spawn_without_the_template(pool: bgtask.TaskPool, spawn, monkeypatch: pytest.MonkeyPatch) -> None:

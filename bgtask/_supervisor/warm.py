@@ -30,7 +30,9 @@ PACK_MAX = 20000
 
 def prepare() -> None:
     """Import what a supervisor imports, warm what it runs, then pack the allocator."""
-    sys.modules.setdefault("multiprocessing.shared_memory", None)  # type: ignore[arg-type]
+    from bgtask._supervisor.boot import skip_unused_modules
+
+    skip_unused_modules()
     import hmac  # noqa: F401  (the handshake, here and in the children)
     import traceback  # noqa: F401  (boot's error path)
 
