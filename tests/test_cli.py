@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from helpers import py, stopped, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bgtask
 from bgtask import _format
@@ -1019,3 +1021,15 @@ def test_a_stopped_supervisor_in_ls_and_info(pool: bgtask.TaskPool, spawn) -> No
         shown = bg("info", str(frozen.pid))
         assert shown.returncode == 1
         assert_one_line_error(err(shown), str(frozen.pid), "stopped", "since", f"kill -CONT {frozen.pid}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(), st.sampled_from("\x1b\x7f\x9b\u2028\u2029\u061c\u200e\u202e\u2066\u200d\xa0"))))
+def test_printable_escapes_exactly_the_unsafe_characters(text: str) -> None:
+    """The fast path (``str.isprintable``) and the per-character check agree: nothing
+    unsafe gets through, and safe text comes back as it was."""
+    from bgtask._format.text import _unsafe, printable
+
+    shown = printable(text)
+    assert not any(_unsafe(ch) for ch in shown)
+    assert (shown == text) == (not any(_unsafe(ch) for ch in text))

@@ -778,3 +778,51 @@ def test_orphan_without_a_job_record_is_found_by_its_environment(pool: bgtask.Ta
     assert pool.search() == []
     assert task_files(pool) == []
     wait_for(lambda: not processes_of_pool(str(pool.path)), timeout=3)
+
+
+_STUCK_READER = ("import sys, time\n"
+                 "from bgtask._client.connection import open_connection\n"
+                 "from bgtask._wire.names import STATE_IDENT\n"
+                 "conn = open_connection(sys.argv[1], int(sys.argv[2]))\n"
+                 "conn.send((STATE_IDENT, 'stream_read', ('stdout', None, None, True, None), {}))\n"
+                 "print('sent', flush=True)\n"
+                 "time.sleep(60)\n")
+
+
+def test_consuming_reads_queue_behind_a_reply_that_never_arrives(pool: bgtask.TaskPool) -> None:
+    """A client sends a consuming read of 8 MiB and never reads the reply (its socket
+    fills). Another consuming read waits behind it instead of consuming what follows;
+    once the stuck client dies, its bytes go back and are read in order, none lost."""
+    size = 8 << 20
+    task = pool.spawn(py(f"import sys\nsys.stdout.buffer.write(bytes(range(256)) * {size // 256})\n"
+                         "sys.stdout.flush(); sys.stdin.readline()\nsys.stdout.buffer.write(b'tail')\n"))
+    whole = bytes(range(256)) * (size // 256) + b"tail"
+    stuck = None
+    try:
+        wait_for(lambda: task.stream("stdout").info()["unread"] == size, timeout=20)
+        stuck = subprocess.Popen(py(_STUCK_READER) + [str(pool.path), str(task.pid)], stdout=subprocess.PIPE)
+        assert stuck.stdout is not None
+        assert stuck.stdout.readline() == b"sent\n"
+        deadline = time.monotonic() + 10
+        while task.stream("stdout").info()["unread"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the stuck reply has claimed everything
+        assert task.stream("stdout").info()["unread"] == 0
+        task.stream("stdin").write(b"go\n")
+        assert task.wait(timeout=20) == 0  # the tail is held now
+        # Behind the unsettled reply: the tail is neither read nor consumed.
+        assert task.stream("stdout").read(timeout=0.5) == b""
+        stuck.kill()
+        stuck.wait()
+        got = b""
+        while len(got) < len(whole):
+            piece = task.stream("stdout").read(timeout=10)
+            assert piece, f"only {len(got)} of {len(whole)} bytes came back"
+            got += piece
+        assert got == whole
+    finally:
+        if stuck is not None and stuck.poll() is None:
+            stuck.kill()
+            stuck.wait()
+        if stuck is not None and stuck.stdout is not None:
+            stuck.stdout.close()
+        task.delete()

@@ -12,6 +12,11 @@ believed only when all of these hold, and otherwise the caller asks the supervis
   a record left by a dead supervisor whose pid a new one got is someone else's;
 * the supervisor is not stopped (``kill -STOP``): a stopped one is listed as
   "unresponsive" by the connection path, as the contract says.
+
+Not from ``/proc/locks`` (one read for every task's lock instead of a probe each):
+reading it takes the kernel's ``file_rwsem`` for writing, which waits for an RCU grace
+period (measured: 6-16 ms for the first read, and every ``flock`` on the machine takes
+the slow path meanwhile).
 """
 
 from __future__ import annotations
@@ -97,12 +102,15 @@ def _read_private(path: str) -> bytes | None:
         if (not stat.S_ISREG(st.st_mode) or not _paths.is_mine(st) or st.st_mode & 0o077
                 or st.st_size > _MAX_RECORD):
             return None
-        parts = []
-        while True:
-            part = os.read(fd, max(st.st_size, 4096))
-            if not part:
-                break
+        want = st.st_size + 1  # one read, normally: a short one is the end
+        data = os.read(fd, want)
+        if len(data) < want:
+            return data
+        parts = [data]  # it grew after fstat (it should not: records are renamed in)
+        while part := os.read(fd, 65536):
             parts.append(part)
+            if sum(map(len, parts)) > _MAX_RECORD:
+                return None
         return b"".join(parts)
     except OSError:
         return None

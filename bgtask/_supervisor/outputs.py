@@ -8,6 +8,11 @@
 * a consuming read whose reply never reached its client is undone: the read leaves a
   :class:`Claim` for the server (:meth:`Outputs.take_claim`), which hands it back to
   :meth:`Outputs.reply_sent` or :meth:`Outputs.rollback`;
+* consuming reads of one stream are a queue: while one's reply is on its way (its claim
+  not yet settled), the next consuming read of that stream waits, so a rollback always
+  finds the cursor where the claim left it and puts the bytes back in order (without
+  the wait, a reader that consumed meanwhile made the rollback impossible and the dead
+  client's bytes were lost);
 * :meth:`Outputs.putback` -- messages a client consumed but never handed on.
 
 Conditions on the one lock: ``arrived[name]`` (readers: an item or the stream's end) and
@@ -78,6 +83,8 @@ class Outputs:
         #: back to the system once reads stop: :func:`~bgtask._supervisor.main_loop.trim`)
         self.consumed = 0
         self.job_ended = False
+        #: streams with a consuming read's reply on its way (see :meth:`take_claim`)
+        self.claimed: set[str] = set()
         #: called (lock held) when "is the output collected?" may have a new answer
         self.on_collect: Callable[[], None] = _nothing
         self._tls = threading.local()
@@ -177,6 +184,8 @@ class Outputs:
             return max(buf.cursor, buf.start) if start is None else start
 
         def ready() -> bool:
+            if consume and name in self.claimed:
+                return False  # the reply before it may still be rolled back
             pos = position()
             if pos < buf.start:
                 return True  # gone: raised below
@@ -192,6 +201,9 @@ class Outputs:
                     f"(asked for {start})"))
             self.arrived[name].wait_for(ready, timeout)
             pos = position()
+            if consume and name in self.claimed:
+                # Timed out behind another consuming read: nothing read, nothing consumed.
+                return pos, pos, [] if is_msg else b"", buf.limit, False
             if pos < buf.start:
                 raise OutputGoneError(f"{name} offsets before {buf.start} are no longer held "
                                       f"(asked for {pos})", start=buf.start)
@@ -208,6 +220,7 @@ class Outputs:
                 nxt = stop
             if consume and nxt > buf.cursor:
                 self._tls.claim = Claim(name, buf.cursor, data, nxt, buf.start)
+                self.claimed.add(name)
                 if not is_msg:
                     buf.inflight += nxt - buf.cursor  # until reply_sent() or rollback()
                     self.consumed += nxt - buf.cursor
@@ -247,8 +260,9 @@ class Outputs:
 
     def reply_sent(self, claim: Claim) -> None:
         """The reply of a consuming read is out: its bytes no longer count as held."""
-        if claim.name in OUTPUT_STREAMS:
-            with self.lock:
+        with self.lock:
+            self._settle(claim.name)
+            if claim.name in OUTPUT_STREAMS:
                 self.bytes[claim.name].inflight -= claim.next - claim.old_cursor
                 self.room[claim.name].notify_all()  # a pump waiting for room may go on
                 self.on_room(claim.name)
@@ -257,6 +271,7 @@ class Outputs:
         """Undo a consuming read whose reply never reached the client."""
         name = claim.name
         with self.lock:
+            self._settle(name)
             if name in MESSAGE_STREAMS:
                 if self.msgs[name].unconsume(claim.data, claim.next):
                     self.arrived[name].notify_all()
@@ -268,6 +283,11 @@ class Outputs:
                 self.arrived[name].notify_all()
                 self.room[name].notify_all()
                 self.on_room(name)
+
+    def _settle(self, name: str) -> None:
+        """A claim on *name* is settled (lock held): the next consuming read may go."""
+        self.claimed.discard(name)
+        self.arrived[name].notify_all()
 
 
 def _nothing_named(name: str) -> None:
