@@ -803,10 +803,8 @@ def test_consuming_reads_queue_behind_a_reply_that_never_arrives(pool: bgtask.Ta
         stuck = subprocess.Popen(py(_STUCK_READER) + [str(pool.path), str(task.pid)], stdout=subprocess.PIPE)
         assert stuck.stdout is not None
         assert stuck.stdout.readline() == b"sent\n"
-        deadline = time.monotonic() + 10
-        while task.stream("stdout").info()["unread"] and time.monotonic() < deadline:
-            time.sleep(0.05)  # the stuck reply has claimed everything
-        assert task.stream("stdout").info()["unread"] == 0
+        # The stuck reply has claimed everything.
+        wait_for(lambda: task.stream("stdout").info()["unread"] == 0, timeout=10)
         task.stream("stdin").write(b"go\n")
         assert task.wait(timeout=20) == 0  # the tail is held now
         # Behind the unsettled reply: the tail is neither read nor consumed.
@@ -820,9 +818,9 @@ def test_consuming_reads_queue_behind_a_reply_that_never_arrives(pool: bgtask.Ta
             got += piece
         assert got == whole
     finally:
-        if stuck is not None and stuck.poll() is None:
-            stuck.kill()
+        if stuck is not None:
+            stuck.kill()  # no error if it is dead already; wait() reaps it
             stuck.wait()
-        if stuck is not None and stuck.stdout is not None:
+            assert stuck.stdout is not None
             stuck.stdout.close()
         task.delete()

@@ -102,16 +102,10 @@ def _read_private(path: str) -> bytes | None:
         if (not stat.S_ISREG(st.st_mode) or not _paths.is_mine(st) or st.st_mode & 0o077
                 or st.st_size > _MAX_RECORD):
             return None
-        want = st.st_size + 1  # one read, normally: a short one is the end
-        data = os.read(fd, want)
-        if len(data) < want:
-            return data
-        parts = [data]  # it grew after fstat (it should not: records are renamed in)
-        while part := os.read(fd, 65536):
-            parts.append(part)
-            if sum(map(len, parts)) > _MAX_RECORD:
-                return None
-        return b"".join(parts)
+        # One read: a record is renamed in whole and never written again, so more than
+        # st_size bytes means this is not one (the caller asks the supervisor then).
+        data = os.read(fd, st.st_size + 1)
+        return data if len(data) <= st.st_size else None
     except OSError:
         return None
     finally:

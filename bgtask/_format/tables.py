@@ -62,9 +62,8 @@ def task_table(infos: Iterable[dict[str, Any]], width: int | None = 100, now: fl
     name, cmd = 5, 6
     # Every cell is printable already; its width is measured once (a listing of 1000
     # tasks measured each cell three times: ~17,000 calls).
-    cell_widths = [[display_width(c) for c in r] for r in rows]
-    header_widths = [display_width(c) for c in header]
-    widths = [max([header_widths[i]] + [w[i] for w in cell_widths]) for i in range(cmd + 1)]
+    measured = [[display_width(c) for c in r] for r in (header, *rows)]
+    widths = [max(col) for col in zip(*measured, strict=True)]
     right = {0, 3, 4}  # numbers line up on the right
     cols = [i for i in range(cmd) if i != name or any(r[name] for r in rows)]  # nobody named: no NAME
     if width is not None:
@@ -86,15 +85,14 @@ def task_table(infos: Iterable[dict[str, Any]], width: int | None = 100, now: fl
             room -= widths[name]
         widths[cmd] = max(room, MIN_COMMAND_WIDTH)
 
-    def line(cells: tuple[str, ...], cw: list[int], is_header: bool = False) -> str:
+    def line(cells: tuple[str, ...], cw: list[int], is_header: bool) -> str:
         parts = []
         for i in cols:
-            cell, w, fit = cells[i], cw[i], widths[i]
-            if w > fit:
-                cell = cut(cell, fit)
-                w = display_width(cell)
-            gap = " " * (fit - w)
-            cell = gap + cell if i in right else cell + gap
+            cell, used = cells[i], cw[i]
+            if used > widths[i]:
+                cell = cut(cell, widths[i])
+                used = display_width(cell)
+            cell = pad(cell, widths[i], right=i in right, used=used)
             if i == 1 and colour and not is_header:
                 cell = colour_state(cells[i], cell)
             parts.append(cell)
@@ -104,7 +102,7 @@ def task_table(infos: Iterable[dict[str, Any]], width: int | None = 100, now: fl
         parts.append(command)
         return "  ".join(parts).rstrip()
 
-    return [line(header, header_widths, True)] + [line(r, w) for r, w in zip(rows, cell_widths, strict=True)]
+    return [line(r, w, i == 0) for i, (r, w) in enumerate(zip((header, *rows), measured, strict=True))]
 
 
 def _stream_line(name: str, d: dict[str, Any]) -> str:

@@ -75,9 +75,10 @@ def _fit(text: str, width: int) -> str:
     return text
 
 
-def pad(text: str, width: int, right: bool = False) -> str:
-    """*text* padded with spaces to *width* columns (display width, not ``len``)."""
-    gap = " " * max(width - display_width(text), 0)
+def pad(text: str, width: int, right: bool = False, used: int | None = None) -> str:
+    """*text* padded with spaces to *width* columns (display width, not ``len``);
+    *used*: its display width, if the caller measured it already."""
+    gap = " " * max(width - (display_width(text) if used is None else used), 0)
     return gap + text if right else text + gap
 
 
