@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from helpers import end_pool, supervisor_pools
+from helpers import end_fork_servers, end_pool, supervisor_pools
 
 import bgtask
 
@@ -45,6 +45,7 @@ def no_supervisor_outlives_the_session(tmp_path_factory: pytest.TempPathFactory)
     left = {pid: pool for pid, pool in supervisor_pools(since).items() if _ours(pool, roots)}
     for pool in sorted(set(left.values())):
         end_pool(pool)
+    end_fork_servers(roots)  # of pools without a task left, which end_pool did not see
     if left:
         pytest.fail(f"supervisors outlived the test session (ended now): {sorted(left.items())}")
 

@@ -139,6 +139,49 @@ def processes_of_pool(pool: str) -> list[tuple[int, str]]:
     return found
 
 
+def fork_servers(roots: list[str]) -> list[int]:
+    """Pids of the fork servers of pools under *roots* (each holds its ``.tpl-*`` files
+    there: ``_supervisor/template.py``) and of their spares (their children that hold
+    no file of a pool yet: a child holding its token is a task, :func:`processes_of_pool`
+    finds it)."""
+    from bgtask._wire.names import SUPERVISOR_MARKER
+
+    prefixes = tuple(os.path.join(os.path.realpath(r), "") for r in roots)
+    marked: dict[int, tuple[int, list[str]]] = {}  # pid: (parent, files held)
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        pid = int(name)
+        if SUPERVISOR_MARKER not in _read(f"/proc/{pid}/cmdline"):
+            continue
+        stat = _read(f"/proc/{pid}/stat")
+        try:
+            parent = int(stat[stat.rfind(b")") + 2 :].split()[1])
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (IndexError, ValueError, OSError):
+            continue
+        held = []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                held.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        marked[pid] = (parent, held)
+    servers = [pid for pid, (_, held) in marked.items()
+               if any(h.startswith(prefixes) and os.path.basename(h).startswith(".tpl-") for h in held)]
+    spares = [pid for pid, (parent, held) in marked.items()
+              if parent in servers and not any(h.startswith(prefixes) for h in held)]
+    return [pid for pid in servers + spares if pid_alive(pid)]
+
+
+def end_fork_servers(roots: list[str]) -> None:
+    """End the fork servers of pools under *roots* and their spares, by pid: a test
+    reaps what it started, rather than leave them to exit by themselves (within a
+    second of their pool's removal, at most 60 s after its last spawn)."""
+    pids = fork_servers(roots)
+    kill_all(pids)  # a spare also exits by itself once its fork server is gone
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=3.0)
+
+
 def kill_all(pids: list[int]) -> None:
     for pid in pids:
         try:
@@ -169,6 +212,7 @@ def end_pool(path: str) -> list[tuple[int, str]]:
             except Exception:
                 pass
             kill_all([pid for pid, _ in processes_of_pool(path)])
+    end_fork_servers([path])
     shutil.rmtree(path, ignore_errors=True)
     return leftovers
 

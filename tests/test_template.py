@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import wait_for
+from helpers import end_fork_servers, fork_servers, pid_alive, wait_for
 from test_security import OTHER, run_json_as
 
 import bgtask
@@ -160,6 +160,28 @@ def test_the_spare_is_forked_in_advance_and_ends_with_the_template(pool: bgtask.
     wait_for(lambda: _read(f"/proc/{spare}/stat").split()[2:3] in ([], [b"Z"]), timeout=10)
     assert task.wait(timeout=10) == 0 and task.info(fresh=True)  # it does not need its template
     _works(spawn(["sh", "-c", "echo hi"]))
+
+
+def test_the_fixtures_end_a_pools_fork_server_and_its_spare(pool: bgtask.TaskPool, spawn) -> None:
+    """What the pool fixture runs at teardown: the fork server a test started and its
+    spare are found through the pool's files and ended, not left to exit by themselves."""
+    task = spawn(["sh", "-c", "echo hi"])
+    _works(task)
+    tpl = _template_pid(pool)  # (uses up a spare: it exits, and the template forks another)
+
+    def settled() -> set[int]:
+        found = set(fork_servers([str(pool.path)]))
+        return found if tpl in found and len(found) == 2 and (found - {tpl}) <= _children(tpl) else set()
+
+    wait_for(settled, timeout=10)
+    time.sleep(0.3)  # the used-up spare is gone, its successor waits
+    found = wait_for(settled, timeout=10)
+    (spare,) = found - {tpl}
+    assert spare != task.pid  # the waiting spare, not the task (it holds its token)
+    assert fork_servers([os.path.dirname(str(pool.path)) + "/elsewhere"]) == []
+    end_fork_servers([str(pool.path)])
+    assert not pid_alive(tpl) and not pid_alive(spare)
+    assert task.info(fresh=True)["pid"] == task.pid  # the task is not the fork server's
 
 
 def test_another_user_cannot_reach_the_template(pool: bgtask.TaskPool, spawn) -> None:
