@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from multiprocessing.managers import BaseManager
 
 import pytest
-from _common import Peers, interleaved, median, pin
+from _common import Peers, interleaved, median, pin, wait_until
 from _peers import AUTHKEY
 
 import bgtask
@@ -110,3 +110,44 @@ def test_call_interleaved(benchmark, peers: Peers, sock_dir: str, idle_task: bgt
         pin(servers, everything)
     for name, values in times.items():
         benchmark.extra_info[f"{name}_median_s"] = median(values)
+
+
+def test_call_usage_of_a_fifty_process_tree(benchmark, pool: bgtask.TaskPool) -> None:
+    """``task.usage()`` of a job whose tree has 50 processes (the operations bar: 2 ms),
+    beside, in interleaved blocks of 20 calls: ``info(fresh=True)`` on the same task (one
+    call returning a dict, no /proc) and psutil walking the same tree from this process
+    (``children(recursive=True)`` plus ``cpu_times``/``memory_info`` of each: what a user
+    would write without ``usage()``). Timed: the whole run; ``extra_info``: the medians
+    and the ratios."""
+    import psutil
+
+    task = pool.spawn(["/bin/sh", "-c", "for i in $(seq 49); do sleep 600 & done; echo ok; wait"])
+    try:
+        wait_until(lambda: task.usage()["processes"] == 50, timeout=30)
+        assert task.stream("stdout").read(0) == b"ok\n"
+
+        def psutil_walk() -> None:
+            root = psutil.Process(task.pid)
+            for p in [root, *root.children(recursive=True)]:
+                p.cpu_times()
+                p.memory_info()
+
+        def block(fn: object, *args: object, **kw: object) -> float:
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn(*args, **kw)  # type: ignore[operator]
+            return (time.perf_counter() - t0) / 20
+
+        def run() -> dict[str, list[float]]:
+            return interleaved({"usage": lambda: block(task.usage),
+                                "info_fresh": lambda: block(task.info, fresh=True),
+                                "psutil_walk": lambda: block(psutil_walk)}, rounds=15)
+
+        times = benchmark.pedantic(run, rounds=1, warmup_rounds=1)
+        medians = {name: median(values) for name, values in times.items()}
+        for name, value in medians.items():
+            benchmark.extra_info[f"{name}_median_s"] = value
+        benchmark.extra_info["usage_over_info"] = medians["usage"] / medians["info_fresh"]
+        benchmark.extra_info["usage_over_psutil"] = medians["usage"] / medians["psutil_walk"]
+    finally:
+        task.delete()

@@ -297,17 +297,14 @@ def test_usage_counts_children_that_exited_and_keeps_final_figures(spawn) -> Non
     assert final["max_rss"] > 0
 
 
-def test_usage_of_a_fifty_process_tree_is_fast(spawn) -> None:
+def test_usage_of_a_fifty_process_tree_counts_every_process(spawn) -> None:
+    # How fast: benchmarks/test_bench_calls.py (a timed assertion here would fail on a
+    # loaded machine and prove nothing on an idle one).
     task = spawn(["/bin/sh", "-c", "for i in $(seq 49); do sleep 30 & done; echo ok; wait"])
     wait_for(lambda: task.stream("stdout").read(0) == b"ok\n", timeout=20)
     wait_for(lambda: task.usage()["processes"] == 50, timeout=10)
-    times = []
-    for _ in range(30):
-        t0 = time.perf_counter()
-        task.usage()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    assert times[len(times) // 2] < 0.004, times  # the bar is 2 ms; 2 cores shared by 8
+    u = task.usage()
+    assert u["rss"] > 0 and u["max_rss"] >= u["rss"], u
 
 
 # -- exit hooks -------------------------------------------------------------------------------
