@@ -23,14 +23,12 @@ def open_fds() -> set[str]:
 
 # -- the handle ------------------------------------------------------------------------------------
 
-def test_task_handle_is_cheap_and_does_not_connect(pool: bgtask.TaskPool) -> None:
+def test_task_handle_does_not_connect(pool: bgtask.TaskPool) -> None:
     real = pool.spawn(["sleep", "30"])
     try:
         fds = open_fds()
-        t0 = time.monotonic()
         for _ in range(1000):
             bgtask.Task(real.pid, pool)
-        assert time.monotonic() - t0 < 0.5
         t = bgtask.Task(4_000_000, pool)  # no such task: nothing is checked yet
         assert t.pid == 4_000_000 and t.pool == pool
         assert open_fds() == fds, "Task() opened something"
