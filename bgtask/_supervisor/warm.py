@@ -34,6 +34,7 @@ def prepare() -> None:
 
     skip_unused_modules()
     import hmac  # noqa: F401  (the handshake, here and in the children)
+    import resource  # noqa: F401  (os.wait4 imports it for the rusage of every job's end)
     import traceback  # noqa: F401  (boot's error path)
 
     # main_loop imports the service, job, io, outputs, stdin, policy, runner, clock...:
