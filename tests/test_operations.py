@@ -321,8 +321,9 @@ def test_on_exit_hook_gets_the_env_and_starts_at_once(spawn, tmp_path) -> None:
     at, env = eval(out.read_text())
     assert env == {"BGTASK_PID": str(task.pid), "BGTASK_POOL": str(task.pool.path),
                    "BGTASK_RETURNCODE": "-15", "BGTASK_TIMED_OUT": "1", "MINE": "yes"}
-    # the hook's own interpreter start is in this figure (~20-50 ms)
-    assert at - task.info(fresh=True)["ended_at"] < 0.3
+    # the hook's own interpreter start is in this figure (20-50 ms; 80 and more on a slow,
+    # loaded VM): the bound says "at the end", not "at some later tick"
+    assert at - task.info(fresh=True)["ended_at"] < 1.0
 
 
 def test_a_hanging_hook_delays_nothing_and_is_killed_after_grace(spawn, tmp_path) -> None:
