@@ -215,6 +215,27 @@ def test_conditions_key_changes_with_what_a_job_inherits() -> None:
     assert _template.conditions_key("/x/python", "/x/bgtask") == key
 
 
+def test_conditions_key_follows_a_change_made_from_outside() -> None:
+    """The key's hash is reused while its parts are unchanged; a limit another process
+    changes for us (``prlimit``) still gives another key at the next spawn."""
+    import resource
+    import subprocess
+
+    key = _template.conditions_key("/x/python", "/x/bgtask")
+    assert _template.conditions_key("/x/python", "/x/bgtask") == key  # reused
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lower = max(64, soft // 2)
+    set_it = "import resource, sys; resource.prlimit(int(sys.argv[1]), resource.RLIMIT_NOFILE, " \
+             "(int(sys.argv[2]), int(sys.argv[3])))"
+    subprocess.run([sys.executable, "-c", set_it, str(os.getpid()), str(lower), str(hard)], check=True, timeout=30)
+    try:
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == lower
+        assert _template.conditions_key("/x/python", "/x/bgtask") != key
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _template.conditions_key("/x/python", "/x/bgtask") == key
+
+
 def test_a_stopped_template_costs_one_short_wait(pool: bgtask.TaskPool, spawn) -> None:
     """A stopped fork server (and its stopped spare) cannot take a request: the spawn
     gives up on it after TEMPLATE_FIRST_REPORT, starts a fresh supervisor, and the next

@@ -71,18 +71,19 @@ def conditions_key(exe: str, pkg_dir: str) -> str:
             parts.append(None)
     # What cannot change in this process (the interpreter, its version, the package).
     parts += [REQUEST, exe, pkg_dir, sys.version, sys.getfilesystemencoding()]
-    last = _last_key
-    if last and last[0] == parts:
+    global _last_key
+    last = _last_key  # one tuple, replaced whole: consistent whichever thread wrote it
+    if last is not None and last[0] == parts:
         return last[1]
     import hashlib
 
     key = hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
-    _last_key[:] = [parts, key]
+    _last_key = (parts, key)
     return key
 
 
 #: the parts :func:`conditions_key` hashed last, and its hash.
-_last_key: list[Any] = []
+_last_key: tuple[list[Any], str] | None = None
 _rlimit_ids: list[int] = []
 
 
