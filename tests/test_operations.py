@@ -401,10 +401,17 @@ def test_bad_values_raise_before_anything_starts(pool, options, error) -> None:
 
 def test_usage_loads_nothing_new_into_the_supervisor(spawn) -> None:
     task = spawn(SLEEP)
+    task.info()
+
+    def libraries() -> set[str]:
+        with open(f"/proc/{task.pid}/maps") as f:
+            return {line.split()[-1] for line in f if ".so" in line}
+
+    before = libraries()
     task.usage()
-    with open(f"/proc/{task.pid}/maps") as f:
-        maps = f.read()
-    assert "psutil" not in maps and "resource" not in maps
+    after = libraries()
+    assert after == before, after - before
+    assert not any("psutil" in name for name in after)
 
 
 # -- the command line ------------------------------------------------------------------------
