@@ -287,3 +287,33 @@ def test_the_idle_check_looks_for_one_socket_of_ours(tmp_path) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "125.sock"))
         assert _paths.has_task_of_mine(str(tmp_path))
+
+
+def _mergeable_mappings(pid: int) -> int:
+    """Mappings of *pid* that carry ``MADV_MERGEABLE`` (``mg`` in smaps' VmFlags)."""
+    flags = [line.split()[1:] for line in _read(f"/proc/{pid}/smaps").decode().splitlines()
+             if line.startswith("VmFlags:")]
+    return sum("mg" in f for f in flags)
+
+
+def test_bgtask_ksm_offers_the_templates_memory_to_ksm_and_only_when_asked(
+        pool: bgtask.TaskPool, spawn, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BGTASK_KSM=1``: the fork server marks its memory mergeable, its supervisors
+    inherit the mark, and their jobs (exec'd) do not; without it nothing is marked.
+    Whether ``ksmd`` runs is the machine's choice: the mark alone costs nothing."""
+    monkeypatch.setenv("BGTASK_KSM", "1")
+    merged = spawn(["sleep", "60"])
+    monkeypatch.delenv("BGTASK_KSM")
+    plain = spawn(["sleep", "60"])  # another key (the variable is one of its parts): another template
+
+    def parent(pid: int) -> int:
+        return int(_read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[1])
+
+    assert parent(merged.pid) != parent(plain.pid)
+    assert _mergeable_mappings(parent(merged.pid)) > 5
+    assert _mergeable_mappings(merged.pid) > 5
+    assert _mergeable_mappings(merged.info()["child_pid"]) == 0
+    assert _mergeable_mappings(parent(plain.pid)) == 0
+    assert _mergeable_mappings(plain.pid) == 0
+    assert _mergeable_mappings(plain.info()["child_pid"]) == 0
+    assert merged.info(fresh=True)["state"] == plain.info(fresh=True)["state"] == "running"

@@ -30,8 +30,9 @@ from bgtask._wire.forkserver import REQUEST, SOCK, TOKEN, TOKEN_SIZE
 #: how long starting a template may take before we give up on it (and start fresh).
 START_TIMEOUT = 10.0
 #: environment variables the template gets from its starter (and that are in its key):
-#: the locale decides how the supervisor encodes paths and arguments.
-_KEPT_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "PATH")
+#: the locale decides how the supervisor encodes paths and arguments; ``BGTASK_KSM``
+#: whether its memory is offered to the kernel's same-page merging (``_supervisor/warm.py``).
+_KEPT_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "PATH", "BGTASK_KSM")
 #: glibc: allocations of 128 KiB and more are mmap'd and given back when freed, and the
 #: heap is trimmed past 128 KiB. The default raises the threshold after the first large
 #: free, after which a 64 MiB burst stayed resident (40-73 MB, 7 of 9 supervisors).

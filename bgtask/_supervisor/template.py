@@ -367,6 +367,8 @@ def main(key: str) -> None:
         boot.use_builtin_hashes()
 
         warm.prepare()
+        if warm.ksm_wanted():
+            warm.mark_mergeable()
     except _Exists:
         _report(("exists",))
         os._exit(0)
