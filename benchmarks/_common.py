@@ -151,6 +151,18 @@ class Peers:
         self.pids.clear()
 
 
+def delete_all(tasks: Iterable[Any], timeout: float = 1.0) -> None:
+    """Delete every task of *tasks* (``bgtask.Task``), whatever became of each: a
+    benchmark's cleanup, which must not stop at the first task that is gone already."""
+    import bgtask
+
+    for task in tasks:
+        try:
+            task.delete(timeout=timeout)
+        except bgtask.BgTaskError:
+            pass
+
+
 def kill_and_wait(pid: int, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after *timeout*, a process that is not our child."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from _common import Peers, kill_and_wait, pids_of_pool
+from _common import Peers, delete_all, kill_and_wait, pids_of_pool
 
 import bgtask
 
@@ -44,11 +44,7 @@ def pool_dir() -> Iterator[str]:
         yield path
     finally:
         try:
-            for task in bgtask.TaskPool(path).search():
-                try:
-                    task.delete(timeout=1.0)
-                except bgtask.BgTaskError:
-                    pass
+            delete_all(bgtask.TaskPool(path).search())
         finally:
             for pid in pids_of_pool(path):
                 kill_and_wait(pid, 1.0)

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _common import HERE
+from _common import HERE, delete_all
 
 import bgtask
 
@@ -116,11 +116,7 @@ def test_ksm() -> None:
         r["ksmd_cpu_pct_default_rate"] = (_ksmd_cpu_s() - cpu0) / (time.monotonic() - t0) * 100
         r["load_after"] = os.getloadavg()
     finally:
-        for t in made:
-            try:
-                t.delete(timeout=1.0)
-            except bgtask.BgTaskError:
-                pass
+        delete_all(made)
         if saved["run"] == 0:
             _set("run", 2)  # unmerge what was merged meanwhile, then stop as it was
         for k in ("pages_to_scan", "sleep_millisecs", "run"):

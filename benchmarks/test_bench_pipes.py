@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _common import HERE, writer_argv
+from _common import HERE, delete_all, writer_argv
 
 import bgtask
 
@@ -270,11 +270,8 @@ def worker(n: int = N) -> dict[str, Any]:
 
 def _delete(made: list[bgtask.Task]) -> float:
     t0 = time.perf_counter()
-    while made:
-        try:
-            made.pop().delete(timeout=1.0)
-        except bgtask.BgTaskError:
-            pass
+    delete_all(made)
+    made.clear()
     return time.perf_counter() - t0
 
 

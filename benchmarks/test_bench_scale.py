@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _common import HERE, PY
+from _common import HERE, PY, delete_all
 
 import bgtask
 
@@ -177,11 +177,7 @@ def test_scale() -> None:
         r["burst_rss_mb"] = _burst_rss(pool)
         r["load_after"] = os.getloadavg()
     finally:
-        for t in made:
-            try:
-                t.delete(timeout=1.0)
-            except bgtask.BgTaskError:
-                pass
+        delete_all(made)
         os.environ.pop("BGTASK_TEMPLATE", None)
         if env_template is not None:
             os.environ["BGTASK_TEMPLATE"] = env_template

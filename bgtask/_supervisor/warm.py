@@ -182,15 +182,15 @@ def ksm_wanted() -> bool:
     return os.environ.get(KSM_ENV, "").strip().lower() in ("1", "on", "yes", "true")
 
 
-def mark_mergeable() -> int:
-    """Mark the template's private writable mappings ``MADV_MERGEABLE``; how many took it.
+def mark_mergeable() -> None:
+    """Mark the template's private writable mappings ``MADV_MERGEABLE``.
 
     What is left of an idle supervisor's ~3 MB (the module docstring) is pages copied
     from the template: most changed the same way in every supervisor (a reference
     count one up, a cache filled in), a quarter written and then restored. Where the
     kernel's same-page merging runs (``/sys/kernel/mm/ksm/run`` is 1: root's choice),
     ``ksmd`` folds such identical pages into one: measured, 100 idle supervisors went
-    from 3.0 MB to 0.47-0.51 MB of PSS each within a minute (``BENCHMARKS.rst``). The
+    from 3.0 MB to 0.4 MB of PSS each once ``ksmd`` had scanned them (``BENCHMARKS.rst``). The
     flag belongs to the mapping, so every supervisor forked from here inherits it, and
     a job (exec'd: a new address space) never does. Off unless asked for: merging makes
     a write to a merged page slower, which another process offering the same content
@@ -202,12 +202,11 @@ def mark_mergeable() -> int:
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
-        return 0
+        return
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     madvise.restype = ctypes.c_int
     with open("/proc/self/maps") as f:
         lines = f.read().splitlines()
-    marked = 0
     for line in lines:
         fields = line.split()
         perms, name = fields[1], (fields[5] if len(fields) > 5 else "")
@@ -216,9 +215,7 @@ def mark_mergeable() -> int:
         if name.startswith("[") and name != "[heap]":
             continue  # the stack, vvar, vdso: the spare keeps writing its stack
         start, end = (int(x, 16) for x in fields[0].split("-"))
-        if madvise(start, end - start, MADV_MERGEABLE) == 0:
-            marked += 1
-    return marked
+        madvise(start, end - start, MADV_MERGEABLE)  # refused (no KSM): nothing changes
 
 
 __all__ = ["KSM_ENV", "ksm_wanted", "mark_mergeable", "prepare"]
