@@ -26,7 +26,8 @@ What it does (each step idempotent, so a second run reuses the first's work):
   ``benchmarks/`` belongs to the user: the benchmarks write their JSON there;
 * the run: the given arguments after the environment's ``python``, as that user
   (``setpriv``, else ``runuser``), in the copy, with a clean environment (``PATH``,
-  ``HOME`` in the cache, ``LANG``, every ``BGTASK_*`` variable of the caller, and
+  ``HOME`` in the cache, ``LANG``, ``PYTEST_ADDOPTS=-p no:cacheprovider`` (the copy is
+  not the user's to write), every ``BGTASK_*`` variable of the caller, and
   ``--env K=V``). The JSON files the run wrote in the copy's ``benchmarks/`` are copied
   back beside this file with ``-asuser`` before the extension (``.scale-1000.json``:
   ``.scale-1000-asuser.json``);
@@ -194,7 +195,10 @@ def prepare(name: str = USER) -> tuple[pwd.struct_passwd, str, str]:
 
 def user_env(pw: pwd.struct_passwd, py: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {"PATH": os.path.dirname(py) + os.pathsep + os.defpath, "HOME": os.path.join(CACHE, f"home-{pw.pw_name}"),
-           "USER": pw.pw_name, "LOGNAME": pw.pw_name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+           "USER": pw.pw_name, "LOGNAME": pw.pw_name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+           # The copy is not the user's to write: pytest's cache there would warn, and
+           # the project turns warnings into errors (after the results were written).
+           "PYTEST_ADDOPTS": "-p no:cacheprovider"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("BGTASK_") and k != "BGTASK_POOL"})
     env.update(extra or {})
     return env
