@@ -163,6 +163,40 @@ def delete_all(tasks: Iterable[Any], timeout: float = 1.0) -> None:
             pass
 
 
+def save_results(name: str, r: dict[str, Any]) -> None:
+    """A benchmark's results: ``benchmarks/.<name>.json`` (for BENCHMARKS.rst) and stderr."""
+    import json
+
+    with open(os.path.join(HERE, f".{name}.json"), "w") as f:
+        json.dump(r, f, indent=1)
+    print(json.dumps(r, indent=1), file=sys.stderr)
+
+
+def tsp_100(tmp: str) -> float | None:
+    """Milliseconds task-spooler takes to enqueue 100 jobs (None without ``tsp``): the
+    baseline of issue 12's "100 spawns" bar. Its server is started first, untimed (as
+    our fork server is warm when the 100 spawns are timed), its files in new dir *tmp*;
+    the jobs end at once, one at a time (a running job outlives ``tsp -K``), and
+    enqueuing costs the same whatever the job."""
+    import shutil
+
+    tsp = shutil.which("tsp") or shutil.which("ts")
+    if tsp is None:
+        return None
+    os.mkdir(tmp)
+    env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"), TS_SLOTS="1", TS_MAXFINISHED="1000",
+               TMPDIR=tmp)
+    subprocess.run([tsp, "true"], env=env, capture_output=True, check=True)
+    subprocess.run([tsp, "-w"], env=env, capture_output=True)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        subprocess.run([tsp, "true"], env=env, capture_output=True, check=True)
+    took = time.perf_counter() - t0
+    subprocess.run([tsp, "-w"], env=env, capture_output=True)  # the last job is done
+    subprocess.run([tsp, "-K"], env=env, capture_output=True)  # the server
+    return took * 1000
+
+
 def kill_and_wait(pid: int, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after *timeout*, a process that is not our child."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

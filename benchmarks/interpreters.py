@@ -78,7 +78,7 @@ def venv_python(interpreter: str, fresh: bool) -> str:
 
 def main(argv: list[str]) -> None:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from test_bench_scale import _tsp_100
+    from _common import tsp_100
 
     fresh = "--fresh" in argv
     pythons = [venv_python(p, fresh) for p in [sys.executable, *(a for a in argv if a != "--fresh")]]
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
                 out = subprocess.run([python, "-I", "-c", PROBE], check=True, capture_output=True,
                                      text=True, cwd="/").stdout
                 got = json.loads(out.strip().splitlines()[-1])
-                got["tsp_100_ms"] = _tsp_100(os.path.join(tmp, f"ts{r}-{i}")) or float("nan")
+                got["tsp_100_ms"] = tsp_100(os.path.join(tmp, f"ts{r}-{i}")) or float("nan")
                 rows.setdefault(got.pop("python"), []).append(got)
     print(f"{'python':>8} {'PSS MB':>7} {'100 spawns ms':>14} {'tsp ms':>7} {'ratio':>6}   (medians of {ROUNDS})")
     for version, runs in rows.items():

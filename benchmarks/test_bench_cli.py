@@ -21,19 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import pytest
-from _common import HERE, PY
+from _common import PY, save_results
 
 ROUNDS = int(os.environ.get("BGTASK_BENCH_CLI_ROUNDS", "31"))
 _SCRIPT = os.path.join(os.path.dirname(PY), "bgtask")
@@ -103,9 +101,7 @@ def test_ls_empty_pool() -> None:
         r["load_after"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(HERE, ".scale-cli.json"), "w") as f:
-        json.dump(r, f, indent=1)
-    print(json.dumps(r, indent=1), file=sys.stderr)
+    save_results("scale-cli", r)
 
 
 #: words the random command lines of the check below are made of.

@@ -14,18 +14,16 @@ kernel's default rate. Results go to ``benchmarks/.ksm-<N>.json``; nothing is as
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
 
 import psutil
 import pytest
-from _common import HERE, delete_all
+from _common import delete_all, save_results
 
 import bgtask
 
@@ -58,13 +56,13 @@ def _pss_median_mb(tasks: list[bgtask.Task]) -> float:
     return statistics.median(psutil.Process(t.pid).memory_full_info().pss / 1e6 for t in tasks)
 
 
-def _spawn(pool: bgtask.TaskPool, ksm: bool) -> list[bgtask.Task]:
+def _spawn(pool: bgtask.TaskPool, ksm: bool, monkeypatch: pytest.MonkeyPatch) -> list[bgtask.Task]:
     if ksm:
-        os.environ["BGTASK_KSM"] = "1"
+        monkeypatch.setenv("BGTASK_KSM", "1")
     try:
         tasks = [pool.spawn(["sleep", "3600"]) for _ in range(N)]
     finally:
-        os.environ.pop("BGTASK_KSM", None)
+        monkeypatch.delenv("BGTASK_KSM", raising=False)
     for t in tasks:
         t.info(fresh=True)  # each answered one call...
         t.disconnect()      # ...and is idle again
@@ -72,19 +70,19 @@ def _spawn(pool: bgtask.TaskPool, ksm: bool) -> list[bgtask.Task]:
 
 
 @pytest.mark.benchmark(group="ksm")
-def test_ksm() -> None:
+def test_ksm(monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() != 0 or not os.access(os.path.join(KSM, "run"), os.W_OK):
         pytest.skip("needs root and a kernel with KSM (/sys/kernel/mm/ksm)")
     saved = {k: _get(k) for k in ("run", "pages_to_scan", "sleep_millisecs")}
     tmp = tempfile.mkdtemp(prefix="bgk", dir="/tmp")
     made: list[bgtask.Task] = []
     r: dict[str, Any] = {"n": N, "pages_to_scan": PAGES, "load_before": os.getloadavg()}
-    env_ksm = os.environ.pop("BGTASK_KSM", None)
+    monkeypatch.delenv("BGTASK_KSM", raising=False)
     try:
         _set("run", 0)
-        plain = _spawn(bgtask.TaskPool(os.path.join(tmp, "plain")), ksm=False)
+        plain = _spawn(bgtask.TaskPool(os.path.join(tmp, "plain")), False, monkeypatch)
         made += plain
-        merged = _spawn(bgtask.TaskPool(os.path.join(tmp, "ksm")), ksm=True)
+        merged = _spawn(bgtask.TaskPool(os.path.join(tmp, "ksm")), True, monkeypatch)
         made += merged
         time.sleep(1.0)
         r["pss_plain_before_mb"] = _pss_median_mb(plain)
@@ -121,9 +119,5 @@ def test_ksm() -> None:
             _set("run", 2)  # unmerge what was merged meanwhile, then stop as it was
         for k in ("pages_to_scan", "sleep_millisecs", "run"):
             _set(k, saved[k])
-        if env_ksm is not None:
-            os.environ["BGTASK_KSM"] = env_ksm
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(HERE, f".ksm-{N}.json"), "w") as f:
-        json.dump(r, f, indent=1)
-    print(json.dumps(r, indent=1), file=sys.stderr)
+    save_results(f"ksm-{N}", r)

@@ -44,7 +44,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _common import HERE, delete_all, writer_argv
+from _common import delete_all, save_results, writer_argv
 
 import bgtask
 
@@ -291,9 +291,7 @@ def test_pipes() -> None:
             "failed": done.returncode, "stdout": done.stdout[-2000:]}
     else:
         r["nonroot"] = worker()
-    with open(os.path.join(HERE, f".pipes-{N}.json"), "w") as f:
-        json.dump(r, f, indent=1)
-    print(json.dumps(r, indent=1), file=sys.stderr)
+    save_results(f"pipes-{N}", r)
     for side in ("root", "nonroot"):
         for key in ("ratio", "ratio_best"):
             ratio = r.get(side, {}).get(key)

@@ -19,12 +19,10 @@ Results go to ``benchmarks/.scale-<N>.json`` and the terminal; nothing is assert
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +30,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _common import HERE, PY, delete_all
+from _common import PY, delete_all, save_results, tsp_100
 
 import bgtask
 
@@ -62,27 +60,6 @@ def _spawn_median(pool: bgtask.TaskPool, rounds: int, made: list[bgtask.Task]) -
         made.append(pool.spawn(["sleep", "3600"]))
     one()  # the first may start the fork server: not what the median is about
     return _median_ms(one, rounds)
-
-
-def _tsp_100(tmp: str) -> float | None:
-    tsp = shutil.which("tsp") or shutil.which("ts")
-    if tsp is None:
-        return None
-    os.mkdir(tmp)
-    # Jobs that end at once, one at a time (a running job outlives ``tsp -K``);
-    # enqueuing costs the same whatever the job. Its server started first, untimed, as
-    # our fork server is warm when the 100 spawns are timed; its output files in *tmp*.
-    env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"), TS_SLOTS="1", TS_MAXFINISHED="1000",
-               TMPDIR=tmp)
-    subprocess.run([tsp, "true"], env=env, capture_output=True, check=True)
-    subprocess.run([tsp, "-w"], env=env, capture_output=True)
-    t0 = time.perf_counter()
-    for _ in range(100):
-        subprocess.run([tsp, "true"], env=env, capture_output=True, check=True)
-    took = time.perf_counter() - t0
-    subprocess.run([tsp, "-w"], env=env, capture_output=True)  # the last job is done
-    subprocess.run([tsp, "-K"], env=env, capture_output=True)  # the server
-    return took * 1000
 
 
 def _memory(pids: list[int]) -> dict[str, float]:
@@ -115,14 +92,14 @@ def _burst_rss(pool: bgtask.TaskPool, n: int = 3) -> list[float]:
 
 
 @pytest.mark.benchmark(group="scale")
-def test_scale() -> None:
+def test_scale(monkeypatch: pytest.MonkeyPatch) -> None:
     tmp = tempfile.mkdtemp(prefix="bgs", dir="/tmp")
     pool = bgtask.TaskPool(os.path.join(tmp, "p"))
     empty = os.path.join(tmp, "empty")
     os.mkdir(empty)
     made: list[bgtask.Task] = []
     r: dict[str, Any] = {"n": N, "load_before": os.getloadavg()}
-    env_template = os.environ.pop("BGTASK_TEMPLATE", None)
+    monkeypatch.delenv("BGTASK_TEMPLATE", raising=False)
     try:
         r["bare_ms"] = _median_ms(_bare, 15)
         # The CLI with its bytecode written (a warm-up run), as an installed package has it.
@@ -130,30 +107,31 @@ def test_scale() -> None:
         subprocess.run([*BGTASK_CLI, "--pool", empty, "ls"], check=True, capture_output=True, env=cli_env)
         r["ls_empty_ms"] = _median_ms(lambda: subprocess.run([*BGTASK_CLI, "--pool", empty, "ls"], check=True,
                                                              capture_output=True, env=cli_env), 15)
-        os.environ["BGTASK_TEMPLATE"] = "0"  # a fresh interpreter per supervisor...
+        monkeypatch.setenv("BGTASK_TEMPLATE", "0")  # a fresh interpreter per supervisor...
         r["spawn_fresh_median_ms"] = _spawn_median(pool, 10, made)
         fresh = len(made)
-        os.environ.pop("BGTASK_TEMPLATE")  # ...then the fork server (the default) from here on
+        monkeypatch.delenv("BGTASK_TEMPLATE")  # ...then the fork server (the default) from here on
         r["spawn_median_ms"] = _spawn_median(pool, 20, made)
         # Interleaved rounds (the load of a shared VM moves from second to second):
         # 100 spawns, then task-spooler's 100, SPAWN_100_ROUNDS times; medians. The first
         # round's tasks stay (they are part of the N); later rounds' are deleted after.
-        spawn_100, tsp_100 = [], []
+        spawn_100: list[float] = []
+        tsp_rounds: list[float | None] = []
         for i in range(SPAWN_100_ROUNDS):
             batch: list[bgtask.Task] = []
             t0 = time.perf_counter()
             for _ in range(100):
                 batch.append(pool.spawn(["sleep", "3600"]))
             spawn_100.append((time.perf_counter() - t0) * 1000)
-            tsp_100.append(_tsp_100(os.path.join(tmp, f"ts{i}")))
+            tsp_rounds.append(tsp_100(os.path.join(tmp, f"ts{i}")))
             if i == 0:
                 made += batch
             else:
                 for t in batch:
                     t.delete()
-        r["spawn_100_rounds_ms"], r["tsp_100_rounds_ms"] = spawn_100, tsp_100
+        r["spawn_100_rounds_ms"], r["tsp_100_rounds_ms"] = spawn_100, tsp_rounds
         r["spawn_100_ms"] = statistics.median(spawn_100)
-        r["tsp_100_ms"] = None if None in tsp_100 else statistics.median(tsp_100)  # type: ignore[type-var]
+        r["tsp_100_ms"] = None if None in tsp_rounds else statistics.median(tsp_rounds)  # type: ignore[type-var]
         while len(made) < 100:
             made.append(pool.spawn(["sleep", "3600"]))
         # search() over exactly 100 tasks: a pool of its own.
@@ -178,10 +156,5 @@ def test_scale() -> None:
         r["load_after"] = os.getloadavg()
     finally:
         delete_all(made)
-        os.environ.pop("BGTASK_TEMPLATE", None)
-        if env_template is not None:
-            os.environ["BGTASK_TEMPLATE"] = env_template
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(os.path.join(HERE, f".scale-{N}.json"), "w") as f:
-        json.dump(r, f, indent=1)
-    print(json.dumps(r, indent=1), file=sys.stderr)
+    save_results(f"scale-{N}", r)

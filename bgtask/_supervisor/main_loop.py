@@ -25,6 +25,7 @@ import socket
 import time
 
 from bgtask import _paths
+from bgtask._supervisor import libc
 from bgtask._supervisor.launch import catch_signals
 from bgtask._supervisor.server import TaskServer
 from bgtask._supervisor.service import TaskService
@@ -177,48 +178,18 @@ class MainLoop:
         return False
 
 
-_trim_fn: object = None
-
-
 def trim() -> None:
     """Give the free memory of the heaps back to the system (glibc ``malloc_trim``).
 
     The pump reads output in pieces under the mmap threshold (``io._PIECE``): heap
     memory, reused from piece to piece with no page faults, but a burst's pieces stay
     resident after they are sent (85 MB 5 s after 64 MiB were read, instead of 20). So
-    once readers consumed a burst and paused, the main thread trims. Without glibc this
-    does nothing."""
-    global _trim_fn
-    if _trim_fn is None:
-        _trim_fn = _find_malloc_trim()
-    if _trim_fn:
-        _trim_fn()  # type: ignore[operator]
-
-
-def _find_malloc_trim() -> object:
-    """``malloc_trim(0)`` as a callable, or False.
-
-    Through ``_ctypes``' own primitives (``dlsym`` and ``call_function``, which the
-    ``ctypes`` package is written on), not the ``ctypes`` package: its classes cost every
-    supervisor that ever trimmed ~0.3 MB of heap and ~0.4 MB more of mapped files (RSS
-    measured after ``import ctypes``, Debian's and pyenv's 3.11: +300 kB anonymous,
-    +200-600 kB files; with ``_ctypes`` alone +70 and +150-220 kB). The package is the
-    fallback where the primitives are missing."""
-    try:
-        import _ctypes
-
-        # dlopen(None): the program itself, as dlopen(NULL) (the stubs want a name)
-        address = _ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_LAZY), "malloc_trim")  # type: ignore[arg-type]
-        call = _ctypes.call_function
-    except (ImportError, OSError, AttributeError):
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None).malloc_trim
-        except (ImportError, OSError, AttributeError):
-            return False
-        return lambda: fn(0)
-    return lambda: call(address, (0,))
+    once readers consumed a burst and paused, the main thread trims (through ``_ctypes``'
+    primitives, not the ``ctypes`` package: ``libc.py``). Without glibc this does
+    nothing."""
+    malloc_trim = libc.function("malloc_trim", "L")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def _our_files(startup: Startup) -> _Files:

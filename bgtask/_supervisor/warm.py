@@ -197,14 +197,11 @@ def mark_mergeable() -> None:
     could time (the known KSM side channel; a supervisor's secrets are 32 random bytes,
     not guessable a page at a time), and ``ksmd`` spends CPU scanning. Does nothing
     where ``madvise`` refuses (a kernel without KSM)."""
-    import ctypes
+    from bgtask._supervisor import libc
 
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
+    madvise = libc.function("madvise", "PLi")
+    if madvise is None:
         return
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    madvise.restype = ctypes.c_int
     with open("/proc/self/maps") as f:
         lines = f.read().splitlines()
     for line in lines:
