@@ -174,8 +174,9 @@ def fork_servers(roots: list[str]) -> list[int]:
 
 def end_fork_servers(roots: list[str]) -> None:
     """End the fork servers of pools under *roots* and their spares, by pid: a test
-    reaps what it started, rather than leave them to exit by themselves (within a
-    second of their pool's removal, at most 60 s after its last spawn)."""
+    reaps what it started, rather than leave them to exit by themselves (at once when
+    their pool is removed, a second later without inotify, at most 60 s after its last
+    spawn otherwise)."""
     pids = fork_servers(roots)
     kill_all(pids)  # a spare also exits by itself once its fork server is gone
     with contextlib.suppress(AssertionError):

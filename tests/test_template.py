@@ -4,7 +4,9 @@ that matters with it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -182,6 +184,41 @@ def test_the_fixtures_end_a_pools_fork_server_and_its_spare(pool: bgtask.TaskPoo
     end_fork_servers([str(pool.path)])
     assert not pid_alive(tpl) and not pid_alive(spare)
     assert task.info(fresh=True)["pid"] == task.pid  # the task is not the fork server's
+
+
+def test_the_fork_server_and_its_spare_go_at_once_when_the_pool_is_removed(
+        pool: bgtask.TaskPool, spawn) -> None:
+    """``rm -rf`` of a pool (a temporary directory's end, ``tools/smoke``'s cleanup): the
+    spare hears it through its inotify watch and both processes are gone at once, not
+    at the spare's next one-second look (nor by the fixtures, which would end them)."""
+    task = spawn(["sleep", "60"])
+    assert _inotify_fd(task.pid) == -1  # a supervisor does not keep its spare's watch
+    tpl = _template_pid(pool)  # (uses up a spare: it exits, and the template forks another)
+
+    def spare() -> int | None:
+        found = set(fork_servers([str(pool.path)])) - {tpl}
+        return found.pop() if len(found) == 1 and found <= _children(tpl) else None
+
+    wait_for(spare, timeout=10)
+    time.sleep(0.3)  # the used-up spare is gone, its successor waits in its poll
+    waiting = wait_for(spare, timeout=10)
+    assert _read(f"/proc/{waiting}/fdinfo/{_inotify_fd(waiting)}").count(b"inotify wd:") == 2
+    for task in pool.search():
+        task.delete()
+    time.sleep(0.3)  # the spare's poll is between two of its one-second looks
+    shutil.rmtree(str(pool.path))
+    t0 = time.monotonic()
+    wait_for(lambda: not pid_alive(tpl) and not pid_alive(waiting), timeout=10)
+    assert time.monotonic() - t0 < 0.5  # a second-long tick would miss this half the time
+
+
+def _inotify_fd(pid: int) -> int:
+    """The fd of *pid*'s inotify instance (the spare's removal watch), or -1."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                return int(fd)
+    return -1
 
 
 def test_another_user_cannot_reach_the_template(pool: bgtask.TaskPool, spawn) -> None:

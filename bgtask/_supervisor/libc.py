@@ -1,5 +1,6 @@
 """C library calls the supervisor and the fork server need and ``os`` lacks:
-``malloc_trim`` (``main_loop.trim``) and ``madvise`` (``warm.mark_mergeable``).
+``malloc_trim`` (``main_loop.trim``), ``madvise`` (``warm.mark_mergeable``) and inotify
+(:func:`watch_removal`, the fork server's spare).
 
 Through ``_ctypes``' own primitives (``dlsym`` and ``call_function``, which the
 ``ctypes`` package is written on), not the ``ctypes`` package: its classes cost a
@@ -71,4 +72,40 @@ def _c_type(simple: type, code: str) -> Any:
     return _types[code]
 
 
-__all__ = ["function"]
+# -- inotify: the fork server's spare hears its pool go -----------------------------------------
+
+IN_ATTRIB = 0x00000004       # a file's link count changed: unlinked, or linked elsewhere
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_ONLYDIR = 0x01000000
+
+
+def watch_removal(directory: str, path: str) -> int:
+    """An inotify fd that becomes readable when *directory* is removed or moved, or
+    file *path* in it is unlinked or moved (nothing else that happens in *directory*
+    wakes it: not the tasks' files coming and going); -1 where inotify is missing or
+    the user's instances are used up (``fs.inotify.max_user_instances``)."""
+    init = function("inotify_init1", "i")
+    add = function("inotify_add_watch", "izi")
+    if init is None or add is None:
+        return -1
+    fd = init(os.O_NONBLOCK | os.O_CLOEXEC)  # IN_NONBLOCK | IN_CLOEXEC on Linux
+    if fd < 0:
+        return -1
+    if (add(fd, os.fsencode(directory), IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR) < 0
+            or add(fd, os.fsencode(path), IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF) < 0):
+        os.close(fd)
+        return -1
+    return fd
+
+
+def drain(fd: int) -> None:
+    """Read away the events waiting on inotify fd *fd* (non-blocking)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass  # EAGAIN: none left
+
+
+__all__ = ["IN_ATTRIB", "IN_DELETE_SELF", "IN_MOVE_SELF", "IN_ONLYDIR", "drain", "function", "watch_removal"]

@@ -30,8 +30,11 @@ This module is that process, the *template*:
   ignores SIGCHLD) until it exits, then are nobody's.
 * *Exits by itself* when idle: after :data:`IDLE_EXIT` s with no task of ours left in
   the pool, or after :data:`IDLE_MAX` s in any case (its spare watches the clock and
-  tells it; a template whose spare sees its pipe close exits too). A spawn that finds it gone (or killed mid-spawn, before a supervisor
-  reported) starts a new one or falls back to a fresh interpreter.
+  tells it; a template whose spare sees its pipe close exits too); at once when the
+  pool directory or the template's socket is removed (an inotify watch,
+  ``libc.watch_removal``; without one, within a second). A spawn that finds it gone
+  (or killed mid-spawn, before a supervisor reported) starts a new one or falls back
+  to a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class Template:
         self.lock_fd = -1
         self.token = b""
         self.sock: socket.socket | None = None
+        #: readable when the pool or our socket goes (``libc.watch_removal``); -1: none
+        self.watch = -1
 
     def setup(self) -> None:
         import fcntl
@@ -114,6 +119,9 @@ class Template:
             os.umask(old)
         sock.listen(128)
         self.sock = sock
+        from bgtask._supervisor import libc
+
+        self.watch = libc.watch_removal(self.pool, self.paths[SOCK])
 
     def remove_files(self) -> None:
         for s in (SOCK, TOKEN):
@@ -214,7 +222,7 @@ class Template:
         os.close(self.lock_fd)  # the template's lock is the template's alone
         self.lock_fd = -1
         self.sock.setblocking(False)
-        from bgtask._supervisor import threads
+        from bgtask._supervisor import libc, threads
         from bgtask._supervisor.launch import StartError
 
         try:
@@ -227,9 +235,14 @@ class Template:
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(pipe_w, 0)  # POLLERR once the template closed its end
+        if self.watch >= 0:
+            poller.register(self.watch, select.POLLIN)
         while True:
             events = dict(poller.poll(1000))
-            if not events and self.idle(born) and not poller.poll(0):
+            if self.watch in events:
+                libc.drain(self.watch)  # the pool or our socket went: look now, not in 1 s
+            if ((not events or self.watch in events) and self.idle(born)
+                    and not select.select([self.sock], [], [], 0)[0]):
                 os.write(pipe_w, IDLE)  # the template removes its files and exits
                 os._exit(0)
             conn = None
@@ -243,6 +256,7 @@ class Template:
             if pipe_w in events:
                 os._exit(0)  # the template exited: no request will come for us
         self.sock.close()  # never accept again; the next spare does
+        self._close_watch()
         os.close(pipe_w)   # the template forks it now
         request = self.read_request(conn)
         if request is None:
@@ -306,6 +320,7 @@ class Template:
             os.setsid()  # a session of its own, as a spare's
             assert self.sock is not None
             self.sock.close()       # a supervisor never accepts for the template
+            self._close_watch()     # nor holds one of the user's inotify instances
             os.close(self.lock_fd)  # or a new template could not start while we live
             self.lock_fd = -1
             self._become_supervisor(conn, umask)
@@ -314,6 +329,11 @@ class Template:
             boot.run(self.pool, data)
         finally:
             os._exit(1)
+
+    def _close_watch(self) -> None:
+        if self.watch >= 0:
+            os.close(self.watch)
+            self.watch = -1
 
     def _become_supervisor(self, conn: socket.socket, umask: int) -> None:
         """In the child: keep nothing of the template that matters (its socket and lock
